@@ -1,0 +1,532 @@
+"""The command side: one eventsourcing Application exposing every ledger command.
+
+Each method validates nothing itself (commands arrive validated), then loads, calls a
+domain method, and saves. Library errors are translated into named domain errors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+
+from domain import commands as cmd
+from domain.account import Account, ApiKeyIndex
+from domain.context import ActorKind, Clock, RequestContext, Stamp, SystemClock
+from domain.errors import (
+    AccountKindError,
+    ApiKeyRejectedError,
+    ConcurrencyConflictError,
+    DuplicateAccountError,
+    DuplicateUsernameError,
+    LoginRefusedError,
+    MalformedApiKeyError,
+    UnknownAccountError,
+    UnknownApiKeyError,
+    UnknownUserError,
+    UserDisabledError,
+)
+from domain.secrets import (
+    ApiKeyCodec,
+    KeyRing,
+    PasswordHasher,
+    api_secret_matches,
+    provisioning_uri,
+)
+from domain.user import LoginOutcome, User
+from domain.values import VALUE_TYPES, AccountKind, DkimKey, Role
+
+T = TypeVar("T")
+A = TypeVar("A", bound=Aggregate)
+
+USER_TOPIC_PREFIX = "secstate.User."
+ACCOUNT_TOPIC_PREFIX = "secstate.Account."
+
+
+def _dataclass_transcoding(cls: type) -> Transcoding:
+    names = [f.name for f in fields(cls)]
+
+    class _Transcoding(Transcoding):
+        type = cls
+        name = f"secstate.{cls.__name__}"
+
+        def encode(self, obj: Any) -> dict[str, Any]:
+            return {n: getattr(obj, n) for n in names}
+
+        def decode(self, data: dict[str, Any]) -> Any:
+            return cls(**data)
+
+    return _Transcoding()
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    """What the caller of create_api_key sees, once."""
+
+    account: str
+    key_id: str
+    name: str
+    scopes: list[str]
+    token: str
+
+    def __repr__(self) -> str:
+        return f"IssuedKey(account={self.account!r}, key_id={self.key_id!r}, name={self.name!r})"
+
+
+@dataclass(frozen=True)
+class TotpEnrolment:
+    username: str
+    factor_id: str
+    seed: str
+    uri: str
+
+    def __repr__(self) -> str:
+        return f"TotpEnrolment(username={self.username!r}, factor_id={self.factor_id!r})"
+
+
+@dataclass(frozen=True)
+class ApiKeyPrincipal:
+    account: str
+    key_id: str
+    name: str
+    scopes: list[str]
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    targeted: int
+    marked: int
+    already_marked: int
+    batches: int
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Ledger(Application[uuid.UUID]):
+    """secstate's event-sourced command side."""
+
+    name = "secstate"
+    snapshotting_intervals: ClassVar[dict[Any, int]] = {User: 100, Account: 100}
+
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        keyring: KeyRing,
+        hasher: PasswordHasher | None = None,
+        clock: Clock | None = None,
+        api_key_codec: ApiKeyCodec | None = None,
+        lockout_threshold: int = 5,
+        max_retries: int = 5,
+        bulk_batch_size: int = 1000,
+        dkim_rsa_bits: int = 2048,
+        totp_issuer: str = "secstate",
+    ) -> None:
+        self.keyring = keyring
+        self.hasher = hasher or PasswordHasher()
+        self.clock: Clock = clock or SystemClock()
+        self.api_key_codec = api_key_codec or ApiKeyCodec()
+        self.lockout_threshold = lockout_threshold
+        self.max_retries = max_retries
+        self.bulk_batch_size = bulk_batch_size
+        self.dkim_rsa_bits = dkim_rsa_bits
+        self.totp_issuer = totp_issuer
+        super().__init__(env)
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        for value_type in VALUE_TYPES:
+            transcoder.register(_dataclass_transcoding(value_type))
+
+    # --- plumbing -----------------------------------------------------------------
+
+    def stamp(self, ctx: RequestContext) -> Stamp:
+        return Stamp(ctx, self.clock.now())
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Rerun load-call-save on optimistic-concurrency conflicts, a bounded number of times."""
+        for _ in range(self.max_retries):
+            try:
+                return attempt()
+            except IntegrityError:
+                continue
+        raise ConcurrencyConflictError(
+            f"gave up after {self.max_retries} attempts: other writers kept changing the "
+            "same aggregate; try again"
+        )
+
+    def load(self, cls: type[A], aggregate_id: uuid.UUID) -> A:
+        """Get an aggregate of a known class; AggregateNotFoundError if absent."""
+        aggregate: Any = self.repository.get(aggregate_id)
+        if not isinstance(aggregate, cls):
+            raise TypeError(f"{aggregate_id} is a {type(aggregate).__name__}, not {cls.__name__}")
+        return aggregate
+
+    def get_account(self, name: str) -> Account:
+        try:
+            return self.load(Account, Account.create_id(name))
+        except AggregateNotFoundError:
+            raise UnknownAccountError(f"no account named {name!r}") from None
+
+    def get_user(self, username: str) -> User:
+        try:
+            return self.load(User, User.create_id(username))
+        except AggregateNotFoundError:
+            raise UnknownUserError(f"no user named {username!r}") from None
+
+    def account_users(self, name: str) -> list[User]:
+        account = self.get_account(name)
+        return [self.get_user(m.username) for m in account.members.values()]
+
+    def account_exists(self, name: str) -> bool:
+        try:
+            self.get_account(name)
+        except UnknownAccountError:
+            return False
+        return True
+
+    def _check_actor(self, ctx: RequestContext) -> None:
+        """Refuse any action by a disabled user or employee."""
+        if ctx.actor.kind not in (ActorKind.USER, ActorKind.STAFF):
+            return
+        try:
+            actor = self.get_user(ctx.actor.id)
+        except UnknownUserError:
+            return  # an identity from outside the ledger (e.g. SSO); nothing to check
+        if actor.disabled:
+            raise UserDisabledError(f"actor {ctx.actor} is disabled and may not act")
+
+    def _on_account(
+        self, name: str, ctx: RequestContext, change: Callable[[Account, Stamp], T]
+    ) -> T:
+        self._check_actor(ctx)
+
+        def attempt() -> T:
+            account = self.get_account(name)
+            result = change(account, self.stamp(ctx))
+            self.save(account)
+            return result
+
+        return self._retrying(attempt)
+
+    def _on_user(
+        self, username: str, ctx: RequestContext, change: Callable[[User, Stamp], T]
+    ) -> T:
+        self._check_actor(ctx)
+
+        def attempt() -> T:
+            user = self.get_user(username)
+            result = change(user, self.stamp(ctx))
+            self.save(user)
+            return result
+
+        return self._retrying(attempt)
+
+    # --- accounts -----------------------------------------------------------------
+
+    def open_account(self, c: cmd.OpenAccount, ctx: RequestContext) -> uuid.UUID:
+        self._check_actor(ctx)
+        if self.account_exists(c.name):
+            raise DuplicateAccountError(f"an account named {c.name!r} already exists")
+        account = Account.open(c.name, c.kind, c.display_name or c.name, self.stamp(ctx))
+        try:
+            self.save(account)
+        except IntegrityError:
+            raise DuplicateAccountError(f"an account named {c.name!r} already exists") from None
+        return account.id
+
+    def set_two_factor_policy(self, c: cmd.SetTwoFactorPolicy, ctx: RequestContext) -> bool:
+        return self._on_account(
+            c.account, ctx, lambda a, s: a.set_two_factor_policy(c.required, s)
+        )
+
+    # --- users --------------------------------------------------------------------
+
+    def register_user(self, c: cmd.RegisterUser, ctx: RequestContext) -> uuid.UUID:
+        self._check_actor(ctx)
+        try:
+            self.get_user(c.username)
+        except UnknownUserError:
+            pass
+        else:
+            raise DuplicateUsernameError(f"username {c.username!r} is already taken")
+
+        def attempt() -> uuid.UUID:
+            account = self.get_account(c.account)
+            stamp = self.stamp(ctx)
+            user = User.register(account.id, c.username, c.email, c.role, stamp)
+            user.set_password(c.password.get_secret_value(), self.hasher, stamp)
+            account.add_member(user.id, c.username, c.role.value, stamp)
+            try:
+                self.save(user, account)
+            except IntegrityError:
+                if self._user_exists(c.username):
+                    raise DuplicateUsernameError(
+                        f"username {c.username!r} is already taken"
+                    ) from None
+                raise
+            return user.id
+
+        return self._retrying(attempt)
+
+    def _user_exists(self, username: str) -> bool:
+        try:
+            self.get_user(username)
+        except UnknownUserError:
+            return False
+        return True
+
+    def set_password(self, c: cmd.SetPassword, ctx: RequestContext) -> None:
+        self._on_user(c.username, ctx,
+                      lambda u, s: u.set_password(c.password.get_secret_value(), self.hasher, s))
+
+    def change_password(self, c: cmd.ChangePassword, ctx: RequestContext) -> None:
+        self._on_user(c.username, ctx, lambda u, s: u.change_password(
+            c.current_password.get_secret_value(), c.new_password.get_secret_value(),
+            self.hasher, s))
+
+    def require_password_reset(self, c: cmd.RequirePasswordReset, ctx: RequestContext) -> bool:
+        return self._on_user(c.username, ctx,
+                             lambda u, s: u.require_password_reset(c.reason, c.campaign_id, s))
+
+    def complete_password_reset(self, c: cmd.CompletePasswordReset, ctx: RequestContext) -> None:
+        self._on_user(c.username, ctx, lambda u, s: u.complete_password_reset(
+            c.new_password.get_secret_value(), self.hasher, s))
+
+    def unlock_user(self, c: cmd.UnlockUser, ctx: RequestContext) -> None:
+        self._on_user(c.username, ctx, lambda u, s: u.unlock(s))
+
+    def disable_user(self, c: cmd.DisableUser, ctx: RequestContext) -> None:
+        self._on_user(c.username, ctx, lambda u, s: u.disable(c.reason, s))
+
+    def enable_user(self, c: cmd.EnableUser, ctx: RequestContext) -> None:
+        self._on_user(c.username, ctx, lambda u, s: u.enable(s))
+
+    def login(self, c: cmd.Login, ctx: RequestContext) -> LoginOutcome:
+        """Decide and record a login; raises LoginRefusedError after recording a refusal."""
+
+        def attempt() -> LoginOutcome:
+            user = self.get_user(c.username)
+            account = self.load(Account, user.account_id)
+            outcome = user.login(
+                c.password.get_secret_value(),
+                totp_code=c.totp_code,
+                recovery_code=c.recovery_code.get_secret_value() if c.recovery_code else None,
+                two_factor_required=account.two_factor_required,
+                lockout_threshold=self.lockout_threshold,
+                hasher=self.hasher,
+                keyring=self.keyring,
+                stamp=self.stamp(ctx),
+            )
+            self.save(user)
+            return outcome
+
+        outcome = self._retrying(attempt)
+        if not outcome.allowed:
+            raise LoginRefusedError(c.username, outcome.reason or "refused")
+        return outcome
+
+    # --- bulk password resets -------------------------------------------------------
+
+    def require_password_resets(
+        self,
+        c: cmd.RequirePasswordResets,
+        ctx: RequestContext,
+        progress: ProgressCallback | None = None,
+    ) -> BulkResult:
+        """Mark many users reset-required; many events per save, in batches.
+
+        Idempotent per campaign: users the campaign already marked are skipped, so an
+        interrupted run can simply be run again.
+        """
+        self._check_actor(ctx)
+        if c.everyone:
+            users = list(self._replay_all_users())
+        else:
+            ids: dict[uuid.UUID, None] = {}
+            for name in c.accounts:
+                for member in self.get_account(name).members.values():
+                    ids[uuid.UUID(member.user_id)] = None
+            for username in c.usernames:
+                ids[self.get_user(username).id] = None
+            users = [self._get_user_by_id(i) for i in ids]
+        stamp = self.stamp(ctx)
+        marked = already = batches = 0
+        total = len(users)
+        for start in range(0, total, self.bulk_batch_size):
+            batch = users[start : start + self.bulk_batch_size]
+            changed = self._mark_batch(batch, c, stamp)
+            marked += len(changed)
+            already += len(batch) - len(changed)
+            batches += 1
+            if progress:
+                progress(min(start + len(batch), total), total)
+        return BulkResult(targeted=total, marked=marked, already_marked=already, batches=batches)
+
+    def _mark_batch(
+        self, batch: list[User], c: cmd.RequirePasswordResets, stamp: Stamp
+    ) -> list[User]:
+        changed = [u for u in batch if u.require_password_reset(c.reason, c.campaign_id, stamp)]
+        try:
+            if changed:
+                self.save(*changed)
+            return changed
+        except IntegrityError:
+            # Someone changed one of these users meanwhile: redo this batch from the store.
+            return self._retrying(lambda: self._save_marked(batch, c, stamp))
+
+    def _save_marked(
+        self, batch: list[User], c: cmd.RequirePasswordResets, stamp: Stamp
+    ) -> list[User]:
+        batch = [self._get_user_by_id(u.id) for u in batch]
+        changed = [u for u in batch if u.require_password_reset(c.reason, c.campaign_id, stamp)]
+        if changed:
+            self.save(*changed)
+        return changed
+
+    def _get_user_by_id(self, user_id: uuid.UUID) -> User:
+        try:
+            return self.load(User, user_id)
+        except AggregateNotFoundError:
+            raise UnknownUserError(f"no user with id {user_id}") from None
+
+    def iter_user_events(self, batch: int = 5000) -> Iterator[Any]:
+        """Every stored User event, in log order (one sequential scan, no per-user queries)."""
+        topics = _user_topics()
+        start = 1
+        while True:
+            notifications = self.recorder.select_notifications(
+                start=start, limit=batch, topics=topics
+            )
+            if not notifications:
+                return
+            for n in notifications:
+                yield self.mapper.to_domain_event(n)
+            start = notifications[-1].id + 1
+
+    def _replay_all_users(self) -> Iterable[User]:
+        """Rebuild every user from one scan of the log: far cheaper than a get() per user."""
+        users: dict[uuid.UUID, Any] = {}
+        for event in self.iter_user_events():
+            users[event.originator_id] = event.mutate(users.get(event.originator_id))
+        return users.values()
+
+    # --- API keys -------------------------------------------------------------------
+
+    def create_api_key(self, c: cmd.CreateApiKey, ctx: RequestContext) -> IssuedKey:
+        self._check_actor(ctx)
+
+        def attempt() -> IssuedKey:
+            account = self.get_account(c.account)
+            stamp = self.stamp(ctx)
+            issued = account.create_api_key(c.name, list(c.scopes), self.api_key_codec, stamp)
+            index = ApiKeyIndex.index(issued.key_id, account.id, stamp)
+            self.save(account, index)
+            return IssuedKey(c.account, issued.key_id, c.name, sorted(set(c.scopes)),
+                             issued.token)
+
+        return self._retrying(attempt)
+
+    def revoke_api_key(self, c: cmd.RevokeApiKey, ctx: RequestContext) -> None:
+        self._on_account(c.account, ctx, lambda a, s: a.revoke_api_key(c.key_id, c.reason, s))
+
+    def authenticate_api_key(self, c: cmd.AuthenticateApiKey) -> ApiKeyPrincipal:
+        """O(1) lookup by key id, then a constant-time comparison of the secret's hash."""
+        try:
+            presented = self.api_key_codec.parse(c.token.get_secret_value())
+        except MalformedApiKeyError as e:
+            raise ApiKeyRejectedError(str(e)) from None
+        try:
+            index = self.load(ApiKeyIndex, ApiKeyIndex.create_id(presented.key_id))
+            account = self.load(Account, index.account_id)
+            key = account.get_api_key(presented.key_id)
+        except (AggregateNotFoundError, UnknownApiKeyError):
+            raise ApiKeyRejectedError("API key is not known") from None
+        if not api_secret_matches(key.secret_hash, presented.key_id, presented.secret):
+            raise ApiKeyRejectedError("API key secret does not match")
+        if not key.active:
+            raise ApiKeyRejectedError(f"API key {key.key_id} was revoked")
+        return ApiKeyPrincipal(account.name, key.key_id, key.name, list(key.scopes))
+
+    # --- second factors -------------------------------------------------------------
+
+    def start_totp_enrolment(self, c: cmd.StartTotpEnrolment, ctx: RequestContext) -> TotpEnrolment:
+        def change(u: User, s: Stamp) -> TotpEnrolment:
+            factor_id, seed = u.start_totp_enrolment(c.label, self.keyring, s)
+            return TotpEnrolment(u.username, factor_id, seed,
+                                 provisioning_uri(seed, u.username, self.totp_issuer))
+
+        return self._on_user(c.username, ctx, change)
+
+    def confirm_totp_enrolment(self, c: cmd.ConfirmTotpEnrolment, ctx: RequestContext) -> None:
+        self._on_user(c.username, ctx, lambda u, s: u.confirm_totp_enrolment(
+            c.factor_id, c.code, self.keyring, s))
+
+    def remove_second_factor(self, c: cmd.RemoveSecondFactor, ctx: RequestContext) -> None:
+        self._on_user(c.username, ctx,
+                      lambda u, s: u.remove_second_factor(c.factor_id, c.reason, s))
+
+    def generate_recovery_codes(
+        self, c: cmd.GenerateRecoveryCodes, ctx: RequestContext
+    ) -> list[str]:
+        return self._on_user(c.username, ctx, lambda u, s: u.generate_recovery_codes(c.count, s))
+
+    # --- allowlist ------------------------------------------------------------------
+
+    def add_allowlist_entry(self, c: cmd.AddAllowlistEntry, ctx: RequestContext) -> str:
+        return self._on_account(c.account, ctx,
+                                lambda a, s: a.add_allowlist_entry(c.cidr, c.label, s))
+
+    def remove_allowlist_entry(self, c: cmd.RemoveAllowlistEntry, ctx: RequestContext) -> str:
+        return self._on_account(c.account, ctx, lambda a, s: a.remove_allowlist_entry(
+            c.entry, s, force=c.force))
+
+    def check_control_panel_access(
+        self, c: cmd.CheckControlPanelAccess, ctx: RequestContext
+    ) -> bool:
+        return self._on_account(c.account, ctx,
+                                lambda a, s: a.check_control_panel_access(c.ip, s))
+
+    # --- DKIM -----------------------------------------------------------------------
+
+    def generate_dkim_key(self, c: cmd.GenerateDkimKey, ctx: RequestContext) -> DkimKey:
+        return self._on_account(c.account, ctx, lambda a, s: a.generate_dkim_key(
+            c.domain, c.selector, c.algorithm, self.keyring, s, campaign_id=c.campaign_id,
+            rsa_bits=self.dkim_rsa_bits))
+
+    def publish_dkim_key(self, c: cmd.PublishDkimKey, ctx: RequestContext) -> None:
+        self._on_account(c.account, ctx, lambda a, s: a.publish_dkim_key(c.domain, c.selector, s))
+
+    def activate_dkim_key(self, c: cmd.ActivateDkimKey, ctx: RequestContext) -> list[str]:
+        return self._on_account(c.account, ctx,
+                                lambda a, s: a.activate_dkim_key(c.domain, c.selector, s))
+
+    def retire_dkim_key(self, c: cmd.RetireDkimKey, ctx: RequestContext) -> None:
+        self._on_account(c.account, ctx,
+                         lambda a, s: a.retire_dkim_key(c.domain, c.selector, c.reason, s))
+
+    # --- staff ----------------------------------------------------------------------
+
+    def record_staff_access(self, c: cmd.RecordStaffAccess, ctx: RequestContext) -> None:
+        for name in c.customer_accounts:
+            account = self.get_account(name)
+            if account.kind != AccountKind.CUSTOMER:
+                raise AccountKindError(f"{name!r} is not a customer account")
+        self._on_user(c.username, ctx, lambda u, s: u.record_internal_access(
+            c.system, c.resource, c.action, c.records, list(c.customer_accounts), s))
+
+
+def _user_topics() -> list[str]:
+    return sorted(
+        v.TOPIC for v in vars(User).values()
+        if isinstance(v, type) and issubclass(v, User.Event) and v is not User.Event
+    )
+
+
+__all__ = ["ApiKeyPrincipal", "BulkResult", "IssuedKey", "Ledger", "Role", "TotpEnrolment"]

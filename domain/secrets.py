@@ -1,0 +1,329 @@
+"""Everything that touches a secret in clear lives here, and nothing here logs one.
+
+- passwords: argon2id PHC strings (argon2-cffi);
+- API keys: ``<prefix><key id>_<secret><crc32>``; only a SHA-256 of the secret is kept;
+- TOTP seeds and DKIM private keys: AES-256-GCM under a key ring with key ids;
+- recovery codes: random, kept as SHA-256 digests, single use.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+import argon2
+import pyotp
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from domain.errors import MalformedApiKeyError, SecretKeyError
+
+# --- sealing (AES-GCM with key ids) ------------------------------------------
+
+_SEAL_VERSION = "v1"
+
+
+class KeyRing:
+    """Named AES-256 keys; seals under the active one, opens under any it holds.
+
+    A sealed value is ``v1.<key id>.<base64url(nonce || ciphertext+tag)>``; the key id
+    in clear lets keys rotate: add a new key, make it active, re-seal at leisure.
+    """
+
+    def __init__(self, keys: Mapping[str, bytes], active_key_id: str) -> None:
+        if active_key_id not in keys:
+            raise SecretKeyError(f"active key id {active_key_id!r} is not in the key ring")
+        for key_id, key in keys.items():
+            if len(key) != 32:
+                raise SecretKeyError(f"key {key_id!r} must be 32 bytes, got {len(key)}")
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key_id):
+                raise SecretKeyError(f"key id {key_id!r} must be 1-64 of [A-Za-z0-9_-]")
+        self._keys = {k: AESGCM(v) for k, v in keys.items()}
+        self.active_key_id = active_key_id
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self._keys)
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> str:
+        nonce = secrets.token_bytes(12)
+        ct = self._keys[self.active_key_id].encrypt(nonce, plaintext, associated_data)
+        blob = base64.urlsafe_b64encode(nonce + ct).decode().rstrip("=")
+        return f"{_SEAL_VERSION}.{self.active_key_id}.{blob}"
+
+    def open(self, sealed: str, associated_data: bytes) -> bytes:
+        version, key_id, blob = self.parse(sealed)
+        if version != _SEAL_VERSION:
+            raise SecretKeyError(f"unsupported sealed-value version {version!r}")
+        try:
+            aead = self._keys[key_id]
+        except KeyError:
+            raise SecretKeyError(f"sealed under unknown key id {key_id!r}") from None
+        raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
+        try:
+            return aead.decrypt(raw[:12], raw[12:], associated_data)
+        except InvalidTag:
+            raise SecretKeyError(
+                f"sealed value under key {key_id!r} failed authentication"
+            ) from None
+
+    @staticmethod
+    def parse(sealed: str) -> tuple[str, str, str]:
+        parts = sealed.split(".", 2)
+        if len(parts) != 3:
+            raise SecretKeyError("sealed value is not in v1.<key id>.<data> form")
+        return parts[0], parts[1], parts[2]
+
+    @staticmethod
+    def key_id_of(sealed: str) -> str:
+        return KeyRing.parse(sealed)[1]
+
+    @staticmethod
+    def generate_key() -> bytes:
+        return AESGCM.generate_key(bit_length=256)
+
+
+# --- passwords -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Argon2Parameters:
+    """argon2id cost; the default is RFC 9106's second recommended option."""
+
+    time_cost: int = 3
+    memory_cost_kib: int = 65536
+    parallelism: int = 4
+    hash_len: int = 32
+    salt_len: int = 16
+
+
+class PasswordHasher:
+    """argon2id hashing; verification is constant-time inside argon2."""
+
+    def __init__(self, params: Argon2Parameters | None = None) -> None:
+        self.params = params or Argon2Parameters()
+        self._hasher = argon2.PasswordHasher(
+            time_cost=self.params.time_cost,
+            memory_cost=self.params.memory_cost_kib,
+            parallelism=self.params.parallelism,
+            hash_len=self.params.hash_len,
+            salt_len=self.params.salt_len,
+            type=argon2.Type.ID,
+        )
+
+    def hash(self, password: str) -> str:
+        return self._hasher.hash(password)
+
+    def verify(self, phc: str, password: str) -> bool:
+        try:
+            return self._hasher.verify(phc, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def needs_rehash(self, phc: str) -> bool:
+        return self._hasher.check_needs_rehash(phc)
+
+
+# --- API keys --------------------------------------------------------------------
+
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+KEY_ID_LEN = 12  # ~71 bits: public, unguessable enough to avoid enumeration
+SECRET_LEN = 22  # ~131 bits of secret
+CHECKSUM_LEN = 6  # base62 of CRC32
+
+
+def _b62_random(n: int) -> str:
+    return "".join(secrets.choice(_B62) for _ in range(n))
+
+
+def _b62_encode(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        digits.append(_B62[rem])
+    return "".join(reversed(digits))
+
+
+def _checksum(body: str) -> str:
+    return _b62_encode(binascii.crc32(body.encode()), CHECKSUM_LEN)
+
+
+@dataclass(frozen=True)
+class IssuedApiKey:
+    """A freshly minted key: ``token`` is shown once and never stored."""
+
+    key_id: str
+    token: str
+    secret_hash: str
+    display: str
+
+    def __repr__(self) -> str:
+        return f"IssuedApiKey(key_id={self.key_id!r}, display={self.display!r})"
+
+
+@dataclass(frozen=True)
+class PresentedApiKey:
+    key_id: str
+    secret: str
+
+    def __repr__(self) -> str:
+        return f"PresentedApiKey(key_id={self.key_id!r})"
+
+
+class ApiKeyCodec:
+    """Mints and parses API keys of the form ``<prefix><key id>_<secret><checksum>``.
+
+    The prefix lets secret scanners find leaked keys; the CRC32 lets them reject
+    look-alikes offline; the key id gives an O(1) lookup before a constant-time check.
+    """
+
+    def __init__(self, prefix: str = "sst_") -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9]{1,9}_", prefix):
+            raise ValueError("API key prefix must be 2-10 lowercase letters/digits then '_'")
+        self.prefix = prefix
+        self._pattern = re.compile(
+            rf"{re.escape(prefix)}(?P<kid>[0-9A-Za-z]{{{KEY_ID_LEN}}})_"
+            rf"(?P<secret>[0-9A-Za-z]{{{SECRET_LEN}}})(?P<crc>[0-9A-Za-z]{{{CHECKSUM_LEN}}})"
+        )
+
+    def issue(self) -> IssuedApiKey:
+        key_id = _b62_random(KEY_ID_LEN)
+        secret = _b62_random(SECRET_LEN)
+        body = f"{self.prefix}{key_id}_{secret}"
+        return IssuedApiKey(
+            key_id=key_id,
+            token=body + _checksum(body),
+            secret_hash=hash_api_secret(key_id, secret),
+            display=f"{self.prefix}{key_id}_…",
+        )
+
+    def parse(self, token: str) -> PresentedApiKey:
+        match = self._pattern.fullmatch(token.strip())
+        if match is None:
+            raise MalformedApiKeyError(f"API key is not of the form {self.prefix}<id>_<secret>")
+        body = token.strip()[: -CHECKSUM_LEN]
+        if not hmac.compare_digest(_checksum(body), match["crc"]):
+            raise MalformedApiKeyError("API key checksum does not match (typo or look-alike)")
+        return PresentedApiKey(key_id=match["kid"], secret=match["secret"])
+
+    def looks_like_key(self, text: str) -> bool:
+        """Offline check a secret scanner can run: format and checksum both hold."""
+        try:
+            self.parse(text)
+        except MalformedApiKeyError:
+            return False
+        return True
+
+
+def hash_api_secret(key_id: str, secret: str) -> str:
+    # The secret has >128 bits of entropy, so a fast hash resists brute force.
+    return "sha256:" + hashlib.sha256(f"{key_id}:{secret}".encode()).hexdigest()
+
+
+def api_secret_matches(stored_hash: str, key_id: str, secret: str) -> bool:
+    return hmac.compare_digest(stored_hash, hash_api_secret(key_id, secret))
+
+
+# --- TOTP --------------------------------------------------------------------------
+
+TOTP_PERIOD = 30
+TOTP_DIGITS = 6
+TOTP_DRIFT_STEPS = 1
+
+
+def new_totp_seed() -> str:
+    return pyotp.random_base32(32)  # 160 bits, RFC 4226's recommendation
+
+
+def totp_step(moment: datetime) -> int:
+    return int(moment.timestamp()) // TOTP_PERIOD
+
+
+def totp_code_at_step(seed: str, step: int) -> str:
+    return str(pyotp.TOTP(seed, digits=TOTP_DIGITS, interval=TOTP_PERIOD).at(step * TOTP_PERIOD))
+
+
+def match_totp_step(seed: str, code: str, moment: datetime) -> int | None:
+    """The time step whose code equals ``code`` within the allowed drift, or None."""
+    if not re.fullmatch(rf"\d{{{TOTP_DIGITS}}}", code or ""):
+        return None
+    now_step = totp_step(moment)
+    found = None
+    # Check every candidate so timing does not reveal which step matched.
+    for step in range(now_step - TOTP_DRIFT_STEPS, now_step + TOTP_DRIFT_STEPS + 1):
+        if hmac.compare_digest(totp_code_at_step(seed, step), code):
+            found = step
+    return found
+
+
+def provisioning_uri(seed: str, username: str, issuer: str) -> str:
+    return pyotp.TOTP(seed, digits=TOTP_DIGITS, interval=TOTP_PERIOD).provisioning_uri(
+        name=username, issuer_name=issuer
+    )
+
+
+# --- recovery codes ------------------------------------------------------------------
+
+_RC_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o/1/l/i
+
+
+def new_recovery_code() -> str:
+    raw = "".join(secrets.choice(_RC_ALPHABET) for _ in range(16))  # ~79 bits
+    return "-".join(raw[i : i + 4] for i in range(0, 16, 4))
+
+
+def hash_recovery_code(code: str) -> str:
+    normalised = code.strip().lower().replace("-", "").replace(" ", "")
+    return "sha256:" + hashlib.sha256(normalised.encode()).hexdigest()
+
+
+# --- DKIM ------------------------------------------------------------------------------
+
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+
+
+@dataclass(frozen=True)
+class DkimKeyMaterial:
+    public_key_b64: str  # the DNS TXT record's p= value
+    private_key_pem: bytes
+
+    def __repr__(self) -> str:
+        return f"DkimKeyMaterial(public_key_b64={self.public_key_b64[:16]!r}…)"
+
+
+def generate_dkim_key(algorithm: str, rsa_bits: int = 2048) -> DkimKeyMaterial:
+    private: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+    if algorithm == "rsa-sha256":
+        private = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+        public_der = private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    elif algorithm == "ed25519-sha256":
+        private = ed25519.Ed25519PrivateKey.generate()
+        # RFC 8463: p= is the raw 32-byte public key.
+        public_der = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+    else:
+        raise ValueError(f"DKIM algorithm must be one of {', '.join(DKIM_ALGORITHMS)}")
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return DkimKeyMaterial(base64.b64encode(public_der).decode(), pem)
+
+
+def dkim_txt_record(algorithm: str, public_key_b64: str) -> str:
+    k = "rsa" if algorithm == "rsa-sha256" else "ed25519"
+    return f"v=DKIM1; k={k}; p={public_key_b64}"

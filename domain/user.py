@@ -1,0 +1,531 @@
+"""The User aggregate: one login identity (owner, teammate or staff employee)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from eventsourcing.domain import Aggregate
+
+from domain.context import Stamp
+from domain.errors import (
+    InvalidTotpCodeError,
+    NoPendingEnrolmentError,
+    NotStaffError,
+    PasswordResetNotRequiredError,
+    PasswordResetRequiredError,
+    UnknownFactorError,
+    UserDisabledError,
+    UserNotLockedError,
+    WrongPasswordError,
+)
+from domain.rules import check_not_current_password, check_password_strength
+from domain.secrets import (
+    KeyRing,
+    PasswordHasher,
+    hash_recovery_code,
+    match_totp_step,
+    new_recovery_code,
+    new_totp_seed,
+)
+from domain.values import (
+    ContextEvent,
+    FactorKind,
+    RecoveryCodes,
+    Role,
+    SecondFactor,
+    UserStatus,
+    natural_id,
+)
+
+
+class LoginFailure:
+    """Reasons a login is refused (stored as text in LoginFailed)."""
+
+    # ruff: noqa: S105 - these are reason codes, not passwords
+    BAD_PASSWORD = "bad_password"
+    USER_LOCKED = "user_locked"
+    USER_DISABLED = "user_disabled"
+    RESET_REQUIRED = "password_reset_required"
+    SECOND_FACTOR_MISSING = "second_factor_missing"
+    SECOND_FACTOR_NOT_ENROLLED = "second_factor_required_but_not_enrolled"
+    BAD_SECOND_FACTOR = "bad_second_factor"
+    TOTP_REPLAYED = "totp_code_replayed"
+    NO_PASSWORD = "no_password_set"
+
+
+# Failures that count towards the lockout threshold: guesses at a secret.
+_GUESSES = {LoginFailure.BAD_PASSWORD, LoginFailure.BAD_SECOND_FACTOR, LoginFailure.TOTP_REPLAYED}
+
+
+@dataclass(frozen=True)
+class LoginOutcome:
+    allowed: bool
+    reason: str | None = None
+    method: str | None = None
+    locked_now: bool = False
+    rehashed: bool = False
+
+
+def totp_aad(user_id: uuid.UUID, factor_id: str) -> bytes:
+    return f"totp:{user_id}:{factor_id}".encode()
+
+
+class User(Aggregate):
+    TOPIC = "secstate.User"
+
+    class Event(ContextEvent):
+        TOPIC = "secstate.User.Event"
+
+    class Registered(Event, Aggregate.Created):
+        TOPIC = "secstate.User.Registered"
+        account_id: uuid.UUID
+        username: str
+        email: str
+        role: str
+
+        def apply(self, user: User) -> None:
+            user.account_id = self.account_id
+            user.username = self.username
+            user.email = self.email
+            user.role = self.role
+            user.registered_at = self.occurred_at
+            user.password_hash = None
+            user.password_changed_at = None
+            user.reset_required = False
+            user.reset_reason = None
+            user.reset_campaign_id = None
+            user.locked = False
+            user.disabled = False
+            user.failed_logins = 0
+            user.factors = {}
+            user.recovery_codes = None
+            user.last_login_at = None
+            user.last_login_ip = None
+
+    class PasswordSet(Event):
+        """An administrator or the registration flow set the password."""
+
+        TOPIC = "secstate.User.PasswordSet"
+        password_hash: str
+
+        def apply(self, user: User) -> None:
+            user.password_hash = self.password_hash
+            user.password_changed_at = self.occurred_at
+
+    class PasswordChanged(Event):
+        """The user changed the password, proving the current one."""
+
+        TOPIC = "secstate.User.PasswordChanged"
+        password_hash: str
+
+        def apply(self, user: User) -> None:
+            user.password_hash = self.password_hash
+            user.password_changed_at = self.occurred_at
+
+    class PasswordRehashed(Event):
+        """Same password, hashed again with the current argon2 parameters on login."""
+
+        TOPIC = "secstate.User.PasswordRehashed"
+        password_hash: str
+
+        def apply(self, user: User) -> None:
+            user.password_hash = self.password_hash
+
+    class PasswordResetRequired(Event):
+        TOPIC = "secstate.User.PasswordResetRequired"
+        reason: str
+        campaign_id: str | None
+
+        def apply(self, user: User) -> None:
+            user.reset_required = True
+            user.reset_reason = self.reason
+            user.reset_campaign_id = self.campaign_id
+
+    class PasswordResetCompleted(Event):
+        TOPIC = "secstate.User.PasswordResetCompleted"
+        password_hash: str
+        campaign_id: str | None
+
+        def apply(self, user: User) -> None:
+            user.password_hash = self.password_hash
+            user.password_changed_at = self.occurred_at
+            user.reset_required = False
+            user.reset_reason = None
+            user.reset_campaign_id = None
+
+    class LoginSucceeded(Event):
+        TOPIC = "secstate.User.LoginSucceeded"
+        method: str
+        factor_id: str | None
+        totp_step: int | None
+
+        def apply(self, user: User) -> None:
+            user.failed_logins = 0
+            user.last_login_at = self.occurred_at
+            user.last_login_ip = self.source_ip
+            if self.factor_id is not None and self.totp_step is not None:
+                user.factors[self.factor_id].last_used_step = self.totp_step
+
+    class LoginFailed(Event):
+        TOPIC = "secstate.User.LoginFailed"
+        reason: str
+        counts_toward_lockout: bool
+
+        def apply(self, user: User) -> None:
+            if self.counts_toward_lockout:
+                user.failed_logins += 1
+
+    class UserLocked(Event):
+        TOPIC = "secstate.User.UserLocked"
+        failed_logins: int
+
+        def apply(self, user: User) -> None:
+            user.locked = True
+
+    class UserUnlocked(Event):
+        TOPIC = "secstate.User.UserUnlocked"
+
+        def apply(self, user: User) -> None:
+            user.locked = False
+            user.failed_logins = 0
+
+    class UserDisabled(Event):
+        TOPIC = "secstate.User.UserDisabled"
+        reason: str
+
+        def apply(self, user: User) -> None:
+            user.disabled = True
+
+    class UserEnabled(Event):
+        TOPIC = "secstate.User.UserEnabled"
+
+        def apply(self, user: User) -> None:
+            user.disabled = False
+
+    class TotpEnrolmentStarted(Event):
+        TOPIC = "secstate.User.TotpEnrolmentStarted"
+        factor_id: str
+        label: str
+        sealed_seed: str
+
+        def apply(self, user: User) -> None:
+            user.factors[self.factor_id] = SecondFactor(
+                factor_id=self.factor_id,
+                kind=FactorKind.TOTP.value,
+                label=self.label,
+                sealed_secret=self.sealed_seed,
+                started_at=self.occurred_at,
+            )
+
+    class TotpEnrolmentConfirmed(Event):
+        TOPIC = "secstate.User.TotpEnrolmentConfirmed"
+        factor_id: str
+        totp_step: int
+
+        def apply(self, user: User) -> None:
+            factor = user.factors[self.factor_id]
+            factor.confirmed_at = self.occurred_at
+            factor.last_used_step = self.totp_step
+
+    class SecondFactorRemoved(Event):
+        TOPIC = "secstate.User.SecondFactorRemoved"
+        factor_id: str
+        kind: str
+        reason: str
+
+        def apply(self, user: User) -> None:
+            del user.factors[self.factor_id]
+
+    class RecoveryCodesGenerated(Event):
+        TOPIC = "secstate.User.RecoveryCodesGenerated"
+        code_hashes: list[str]
+
+        def apply(self, user: User) -> None:
+            user.recovery_codes = RecoveryCodes(self.occurred_at, list(self.code_hashes))
+
+    class RecoveryCodeUsed(Event):
+        TOPIC = "secstate.User.RecoveryCodeUsed"
+        index: int
+
+        def apply(self, user: User) -> None:
+            assert user.recovery_codes is not None
+            user.recovery_codes.hashes[self.index] = None
+
+    class InternalSystemAccessed(Event):
+        """A staff employee read or changed an internal system: the breach trail."""
+
+        TOPIC = "secstate.User.InternalSystemAccessed"
+        system: str
+        resource: str
+        action: str
+        records: int
+        customer_accounts: list[str]
+
+        def apply(self, user: User) -> None:
+            pass
+
+    # Set by the events above; declared only for type checkers, since class-level
+    # annotations would make the library build a dataclass __init__ from them.
+    if TYPE_CHECKING:
+        account_id: uuid.UUID
+        username: str
+        email: str
+        role: str
+        registered_at: datetime
+        password_hash: str | None
+        password_changed_at: datetime | None
+        reset_required: bool
+        reset_reason: str | None
+        reset_campaign_id: str | None
+        locked: bool
+        disabled: bool
+        failed_logins: int
+        factors: dict[str, SecondFactor]
+        recovery_codes: RecoveryCodes | None
+        last_login_at: datetime | None
+        last_login_ip: str | None
+
+    @staticmethod
+    def create_id(username: str) -> uuid.UUID:
+        return natural_id("user", username.strip().lower())
+
+    @classmethod
+    def register(
+        cls, account_id: uuid.UUID, username: str, email: str, role: Role, stamp: Stamp
+    ) -> User:
+        return cls._create(cls.Registered, account_id=account_id, username=username,
+                           email=email, role=role.value, **stamp.fields())
+
+    def _emit(self, event_class: type[User.Event], stamp: Stamp, **fields: Any) -> None:
+        self.trigger_event(event_class, **stamp.fields(), **fields)
+
+    @property
+    def status(self) -> UserStatus:
+        if self.disabled:
+            return UserStatus.DISABLED
+        if self.locked:
+            return UserStatus.LOCKED
+        if self.reset_required:
+            return UserStatus.RESET_REQUIRED
+        return UserStatus.ACTIVE
+
+    @property
+    def confirmed_factors(self) -> list[SecondFactor]:
+        return [f for f in self.factors.values() if f.confirmed]
+
+    def check_not_disabled(self) -> None:
+        if self.disabled:
+            raise UserDisabledError(f"user {self.username!r} is disabled")
+
+    # --- passwords ------------------------------------------------------------------
+
+    def set_password(self, password: str, hasher: PasswordHasher, stamp: Stamp) -> None:
+        check_password_strength(password, self.username, self.email)
+        if self.password_hash is not None:
+            check_not_current_password(hasher.verify(self.password_hash, password))
+        self._emit(self.PasswordSet, stamp, password_hash=hasher.hash(password))
+
+    def change_password(
+        self, current: str, new: str, hasher: PasswordHasher, stamp: Stamp
+    ) -> None:
+        self.check_not_disabled()
+        if self.reset_required:
+            # After a breach the current password is known to the attacker: it proves nothing.
+            raise PasswordResetRequiredError(
+                f"user {self.username!r} must complete the required password reset instead"
+            )
+        if self.password_hash is None or not hasher.verify(self.password_hash, current):
+            raise WrongPasswordError(f"current password for {self.username!r} is wrong")
+        check_password_strength(new, self.username, self.email)
+        check_not_current_password(current == new or hasher.verify(self.password_hash, new))
+        self._emit(self.PasswordChanged, stamp, password_hash=hasher.hash(new))
+
+    def require_password_reset(
+        self, reason: str, campaign_id: str | None, stamp: Stamp
+    ) -> bool:
+        """False, recording nothing, if this campaign already marked the user."""
+        if self.reset_required and self.reset_campaign_id == campaign_id:
+            return False
+        self._emit(self.PasswordResetRequired, stamp, reason=reason, campaign_id=campaign_id)
+        return True
+
+    def complete_password_reset(self, new: str, hasher: PasswordHasher, stamp: Stamp) -> None:
+        self.check_not_disabled()
+        if not self.reset_required:
+            raise PasswordResetNotRequiredError(
+                f"user {self.username!r} has no pending password reset"
+            )
+        check_password_strength(new, self.username, self.email)
+        if self.password_hash is not None:
+            check_not_current_password(hasher.verify(self.password_hash, new))
+        self._emit(self.PasswordResetCompleted, stamp, password_hash=hasher.hash(new),
+                   campaign_id=self.reset_campaign_id)
+
+    # --- login ------------------------------------------------------------------------
+
+    def login(
+        self,
+        password: str,
+        *,
+        totp_code: str | None,
+        recovery_code: str | None,
+        two_factor_required: bool,
+        lockout_threshold: int,
+        hasher: PasswordHasher,
+        keyring: KeyRing,
+        stamp: Stamp,
+    ) -> LoginOutcome:
+        """Decide a login and record the decision (success or the failure's reason)."""
+        if self.disabled:
+            return self._fail(LoginFailure.USER_DISABLED, lockout_threshold, stamp)
+        if self.locked:
+            return self._fail(LoginFailure.USER_LOCKED, lockout_threshold, stamp)
+        if self.password_hash is None:
+            return self._fail(LoginFailure.NO_PASSWORD, lockout_threshold, stamp)
+        if not hasher.verify(self.password_hash, password):
+            return self._fail(LoginFailure.BAD_PASSWORD, lockout_threshold, stamp)
+        if self.reset_required:
+            return self._fail(LoginFailure.RESET_REQUIRED, lockout_threshold, stamp)
+
+        method, factor_id, step = "password", None, None
+        factors = self.confirmed_factors
+        if factors or two_factor_required:
+            if not factors:
+                return self._fail(LoginFailure.SECOND_FACTOR_NOT_ENROLLED, lockout_threshold,
+                                  stamp)
+            if totp_code:
+                matched = self._match_totp(totp_code, keyring, stamp.occurred_at)
+                if matched is None:
+                    return self._fail(LoginFailure.BAD_SECOND_FACTOR, lockout_threshold, stamp)
+                factor, step = matched
+                if factor.last_used_step is not None and step <= factor.last_used_step:
+                    return self._fail(LoginFailure.TOTP_REPLAYED, lockout_threshold, stamp)
+                method, factor_id = "password+totp", factor.factor_id
+            elif recovery_code:
+                index = self._match_recovery_code(recovery_code)
+                if index is None:
+                    return self._fail(LoginFailure.BAD_SECOND_FACTOR, lockout_threshold, stamp)
+                self._emit(self.RecoveryCodeUsed, stamp, index=index)
+                method = "password+recovery_code"
+            else:
+                return self._fail(LoginFailure.SECOND_FACTOR_MISSING, lockout_threshold, stamp)
+
+        self._emit(self.LoginSucceeded, stamp, method=method, factor_id=factor_id, totp_step=step)
+        rehashed = False
+        if hasher.needs_rehash(self.password_hash):
+            self._emit(self.PasswordRehashed, stamp, password_hash=hasher.hash(password))
+            rehashed = True
+        return LoginOutcome(True, method=method, rehashed=rehashed)
+
+    def _fail(self, reason: str, lockout_threshold: int, stamp: Stamp) -> LoginOutcome:
+        self._emit(self.LoginFailed, stamp, reason=reason, counts_toward_lockout=reason in _GUESSES)
+        if reason in _GUESSES and not self.locked and self.failed_logins >= lockout_threshold:
+            self._emit(self.UserLocked, stamp, failed_logins=self.failed_logins)
+            return LoginOutcome(False, reason, locked_now=True)
+        return LoginOutcome(False, reason)
+
+    def _match_totp(
+        self, code: str, keyring: KeyRing, moment: datetime
+    ) -> tuple[SecondFactor, int] | None:
+        for factor in self.confirmed_factors:
+            if factor.kind != FactorKind.TOTP:
+                continue
+            seed = keyring.open(factor.sealed_secret, totp_aad(self.id, factor.factor_id))
+            step = match_totp_step(seed.decode(), code, moment)
+            if step is not None:
+                return factor, step
+        return None
+
+    def _match_recovery_code(self, code: str) -> int | None:
+        if self.recovery_codes is None:
+            return None
+        wanted = hash_recovery_code(code)
+        found = None
+        for i, stored in enumerate(self.recovery_codes.hashes):
+            if stored is not None and secrets.compare_digest(stored, wanted):
+                found = i
+        return found
+
+    def unlock(self, stamp: Stamp) -> None:
+        if not self.locked:
+            raise UserNotLockedError(f"user {self.username!r} is not locked")
+        self._emit(self.UserUnlocked, stamp)
+
+    def disable(self, reason: str, stamp: Stamp) -> None:
+        self.check_not_disabled()
+        self._emit(self.UserDisabled, stamp, reason=reason)
+
+    def enable(self, stamp: Stamp) -> None:
+        if not self.disabled:
+            raise UserDisabledError(f"user {self.username!r} is not disabled")
+        self._emit(self.UserEnabled, stamp)
+
+    # --- second factors --------------------------------------------------------------
+
+    def start_totp_enrolment(self, label: str, keyring: KeyRing, stamp: Stamp) -> tuple[str, str]:
+        """Returns (factor id, seed). Show the seed once; only its sealed form is stored."""
+        self.check_not_disabled()
+        factor_id = "tf_" + secrets.token_hex(6)
+        seed = new_totp_seed()
+        sealed = keyring.seal(seed.encode(), totp_aad(self.id, factor_id))
+        self._emit(self.TotpEnrolmentStarted, stamp, factor_id=factor_id, label=label,
+                   sealed_seed=sealed)
+        return factor_id, seed
+
+    def confirm_totp_enrolment(
+        self, factor_id: str, code: str, keyring: KeyRing, stamp: Stamp
+    ) -> None:
+        self.check_not_disabled()
+        factor = self.factors.get(factor_id)
+        if factor is None or factor.confirmed:
+            raise NoPendingEnrolmentError(
+                f"user {self.username!r} has no pending TOTP enrolment {factor_id!r}"
+            )
+        seed = keyring.open(factor.sealed_secret, totp_aad(self.id, factor_id))
+        step = match_totp_step(seed.decode(), code, stamp.occurred_at)
+        if step is None:
+            raise InvalidTotpCodeError(f"TOTP code is wrong for enrolment {factor_id!r}")
+        self._emit(self.TotpEnrolmentConfirmed, stamp, factor_id=factor_id, totp_step=step)
+
+    def remove_second_factor(self, factor_id: str, reason: str, stamp: Stamp) -> None:
+        self.check_not_disabled()
+        factor = self.factors.get(factor_id)
+        if factor is None:
+            raise UnknownFactorError(
+                f"user {self.username!r} has no second factor {factor_id!r}"
+            )
+        self._emit(self.SecondFactorRemoved, stamp, factor_id=factor_id, kind=factor.kind,
+                   reason=reason)
+
+    def generate_recovery_codes(self, count: int, stamp: Stamp) -> list[str]:
+        """Returns the codes once; only their digests are stored. Replaces older codes."""
+        self.check_not_disabled()
+        codes = [new_recovery_code() for _ in range(count)]
+        self._emit(self.RecoveryCodesGenerated, stamp,
+                   code_hashes=[hash_recovery_code(c) for c in codes])
+        return codes
+
+    # --- staff ----------------------------------------------------------------------------
+
+    def record_internal_access(
+        self,
+        system: str,
+        resource: str,
+        action: str,
+        records: int,
+        customer_accounts: list[str],
+        stamp: Stamp,
+    ) -> None:
+        self.check_not_disabled()
+        if self.role != Role.EMPLOYEE:
+            raise NotStaffError(
+                f"user {self.username!r} is not a staff employee; only employees access "
+                "internal systems"
+            )
+        self._emit(self.InternalSystemAccessed, stamp, system=system, resource=resource,
+                   action=action, records=records,
+                   customer_accounts=sorted(set(customer_accounts)))

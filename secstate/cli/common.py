@@ -1,0 +1,143 @@
+"""What every CLI command shares: settings, the ledger, the request context, output."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from enum import Enum
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from domain.context import Actor, RequestContext
+from domain.errors import InvalidCommandError
+from domain.ledger import Ledger
+from secstate.bootstrap import build_ledger
+from secstate.settings import Settings
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+class CliState:
+    """Built once per invocation from the root options; the ledger is opened lazily."""
+
+    def __init__(self) -> None:
+        self.debug = False
+        self.actor = "system:cli"
+        self.source_ip: str | None = None
+        self.user_agent: str | None = "secstate-cli"
+        self.request_id: str | None = None
+        self._settings: Settings | None = None
+        self._ledger: Ledger | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings()
+        return self._settings
+
+    @property
+    def ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = build_ledger(self.settings)
+        return self._ledger
+
+    def request_context(self) -> RequestContext:
+        problems = []
+        try:
+            actor = Actor.parse(self.actor)
+        except ValueError as e:
+            problems.append(f"--actor: {e}")
+        try:
+            ctx = RequestContext(
+                actor=actor if not problems else RequestContext().actor,
+                source_ip=self.source_ip,
+                user_agent=self.user_agent,
+                **({"request_id": self.request_id} if self.request_id else {}),
+            )
+        except ValueError:
+            problems.append(f"--source-ip: {self.source_ip!r} is not an IPv4 or IPv6 address")
+        if problems:
+            raise InvalidCommandError("request context", problems)
+        return ctx
+
+    def close(self) -> None:
+        if self._ledger is not None:
+            self._ledger.close()
+            self._ledger = None
+        self._settings = None
+
+
+STATE = CliState()
+
+
+def root_callback(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    actor: Annotated[
+        str, typer.Option("--actor", envvar="SECSTATE_ACTOR",
+                          help="Who is acting, KIND:ID (user, staff, api_key, system).")
+    ] = "system:cli",
+    source_ip: Annotated[
+        str | None, typer.Option("--source-ip", help="IP the request came from.")
+    ] = None,
+    user_agent: Annotated[
+        str | None, typer.Option("--user-agent", help="User agent of the request.")
+    ] = "secstate-cli",
+    request_id: Annotated[
+        str | None, typer.Option("--request-id", help="Correlation id (default: random).")
+    ] = None,
+) -> None:
+    """Event-sourced account-security ledger: record, inspect and investigate."""
+    STATE.debug = debug
+    STATE.actor = actor
+    STATE.source_ip = source_ip
+    STATE.user_agent = user_agent
+    STATE.request_id = request_id
+    STATE.request_context()  # fail fast on a bad --actor or --source-ip
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types; datetimes as ISO 8601 with offset."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, (UUID, Enum)):
+        return value.value if isinstance(value, Enum) else str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+
+
+def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    table = Table(title=title, show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(to_jsonable(v)) for v in row))
+    console.print(table)
+
+
+def say(message: str) -> None:
+    console.print(message, markup=False)
+
+
+def fmt_time(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value else "-"

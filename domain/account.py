@@ -93,7 +93,10 @@ class Account(Aggregate):
 
         def apply(self, account: Account) -> None:
             account.allowlist[self.entry_id] = AllowlistEntry(
-                self.entry_id, self.cidr, self.label, self.occurred_at,
+                self.entry_id,
+                self.cidr,
+                self.label,
+                self.occurred_at,
                 f"{self.actor_kind}:{self.actor_id}",
             )
 
@@ -241,11 +244,14 @@ class Account(Aggregate):
 
     def add_member(self, user_id: uuid.UUID, username: str, role: str, stamp: Stamp) -> None:
         if role == "employee" and self.kind != AccountKind.STAFF:
-            raise AccountKindError(f"only the staff organisation has employees; {self.name!r} is "
-                                   f"a {self.kind} account")
+            raise AccountKindError(
+                f"only the staff organisation has employees; {self.name!r} is a {self.kind} account"
+            )
         if role != "employee" and self.kind == AccountKind.STAFF:
-            raise AccountKindError(f"members of the staff organisation {self.name!r} are "
-                                   "employees, not owners or teammates")
+            raise AccountKindError(
+                f"members of the staff organisation {self.name!r} are "
+                "employees, not owners or teammates"
+            )
         self._emit(self.MemberAdded, stamp, user_id=str(user_id), username=username, role=role)
 
     # --- allowlist ----------------------------------------------------------------
@@ -254,8 +260,9 @@ class Account(Aggregate):
         network = parse_cidr(cidr)
         check_not_covered(network, {e.entry_id: e.cidr for e in self.allowlist.values()})
         entry_id = "ale_" + secrets.token_hex(6)
-        self._emit(self.AllowlistEntryAdded, stamp, entry_id=entry_id, cidr=str(network),
-                   label=label)
+        self._emit(
+            self.AllowlistEntryAdded, stamp, entry_id=entry_id, cidr=str(network), label=label
+        )
         return entry_id
 
     def find_allowlist_entry(self, ref: str) -> AllowlistEntry:
@@ -269,9 +276,7 @@ class Account(Aggregate):
         for entry in self.allowlist.values():
             if entry.cidr == wanted:
                 return entry
-        raise UnknownAllowlistEntryError(
-            f"account {self.name!r} has no allowlist entry {ref!r}"
-        )
+        raise UnknownAllowlistEntryError(f"account {self.name!r} has no allowlist entry {ref!r}")
 
     def remove_allowlist_entry(self, ref: str, stamp: Stamp, *, force: bool = False) -> str:
         entry = self.find_allowlist_entry(ref)
@@ -285,8 +290,13 @@ class Account(Aggregate):
                     f"removing {entry.cidr} would lock your IP {caller_ip} out of the control "
                     "panel of this account; use force to do it anyway"
                 )
-        self._emit(self.AllowlistEntryRemoved, stamp, entry_id=entry.entry_id, cidr=entry.cidr,
-                   forced=force)
+        self._emit(
+            self.AllowlistEntryRemoved,
+            stamp,
+            entry_id=entry.entry_id,
+            cidr=entry.cidr,
+            forced=force,
+        )
         return entry.entry_id
 
     def allowlist_decision(self, ip: str) -> tuple[bool, str | None]:
@@ -310,9 +320,15 @@ class Account(Aggregate):
         self, name: str, scopes: list[str], codec: ApiKeyCodec, stamp: Stamp
     ) -> IssuedApiKey:
         issued = codec.issue()
-        self._emit(self.ApiKeyCreated, stamp, key_id=issued.key_id, name=name,
-                   scopes=sorted(set(scopes)), display=issued.display,
-                   secret_hash=issued.secret_hash)
+        self._emit(
+            self.ApiKeyCreated,
+            stamp,
+            key_id=issued.key_id,
+            name=name,
+            scopes=sorted(set(scopes)),
+            display=issued.display,
+            secret_hash=issued.secret_hash,
+        )
         return issued
 
     def get_api_key(self, key_id: str) -> ApiKey:
@@ -361,9 +377,16 @@ class Account(Aggregate):
             )
         material = generate_dkim_key(algorithm, rsa_bits=rsa_bits)
         sealed = keyring.seal(material.private_key_pem, dkim_aad(self.id, domain, selector))
-        self._emit(self.DkimKeyGenerated, stamp, domain=domain, selector=selector,
-                   algorithm=algorithm, public_key=material.public_key_b64,
-                   sealed_private_key=sealed, campaign_id=campaign_id)
+        self._emit(
+            self.DkimKeyGenerated,
+            stamp,
+            domain=domain,
+            selector=selector,
+            algorithm=algorithm,
+            public_key=material.public_key_b64,
+            sealed_private_key=sealed,
+            campaign_id=campaign_id,
+        )
         return self.dkim_keys[dkim_ref(domain, selector)]
 
     def publish_dkim_key(self, domain: str, selector: str, stamp: Stamp) -> None:
@@ -378,21 +401,28 @@ class Account(Aggregate):
         self._emit(self.DkimKeyActivated, stamp, domain=key.domain, selector=key.selector)
         retired = []
         for other in list(self.dkim_keys.values()):
-            if (other.domain == key.domain and other.selector != key.selector
-                    and other.state == DkimKeyState.ACTIVE):
-                self._emit(self.DkimKeyRetired, stamp, domain=other.domain,
-                           selector=other.selector, reason=f"superseded by {key.selector}")
+            if (
+                other.domain == key.domain
+                and other.selector != key.selector
+                and other.state == DkimKeyState.ACTIVE
+            ):
+                self._emit(
+                    self.DkimKeyRetired,
+                    stamp,
+                    domain=other.domain,
+                    selector=other.selector,
+                    reason=f"superseded by {key.selector}",
+                )
                 retired.append(other.selector)
         return retired
 
     def retire_dkim_key(self, domain: str, selector: str, reason: str, stamp: Stamp) -> None:
         key = self.get_dkim_key(domain, selector)
         if key.state == DkimKeyState.RETIRED:
-            raise DkimKeyStateError(
-                f"DKIM key {selector}._domainkey.{domain} is already retired"
-            )
-        self._emit(self.DkimKeyRetired, stamp, domain=key.domain, selector=key.selector,
-                   reason=reason)
+            raise DkimKeyStateError(f"DKIM key {selector}._domainkey.{domain} is already retired")
+        self._emit(
+            self.DkimKeyRetired, stamp, domain=key.domain, selector=key.selector, reason=reason
+        )
 
     def open_dkim_private_key(self, domain: str, selector: str, keyring: KeyRing) -> bytes:
         """The PEM, for the signer that needs it; never put it in an event or a log."""

@@ -39,8 +39,10 @@ def _check_ip(text: str) -> str:
 
 AccountName = Annotated[
     str,
-    Field(pattern=r"^[a-z0-9][a-z0-9-]{1,62}$",
-          description="lowercase slug: letters, digits and '-', 2-63 chars"),
+    Field(
+        pattern=r"^[a-z0-9][a-z0-9-]{1,62}$",
+        description="lowercase slug: letters, digits and '-', 2-63 chars",
+    ),
 ]
 Username = Annotated[
     str,

@@ -215,9 +215,7 @@ class Ledger(Application[uuid.UUID]):
 
         return self._retrying(attempt)
 
-    def _on_user(
-        self, username: str, ctx: RequestContext, change: Callable[[User, Stamp], T]
-    ) -> T:
+    def _on_user(self, username: str, ctx: RequestContext, change: Callable[[User, Stamp], T]) -> T:
         self._check_actor(ctx)
 
         def attempt() -> T:
@@ -242,9 +240,7 @@ class Ledger(Application[uuid.UUID]):
         return account.id
 
     def set_two_factor_policy(self, c: cmd.SetTwoFactorPolicy, ctx: RequestContext) -> bool:
-        return self._on_account(
-            c.account, ctx, lambda a, s: a.set_two_factor_policy(c.required, s)
-        )
+        return self._on_account(c.account, ctx, lambda a, s: a.set_two_factor_policy(c.required, s))
 
     # --- users --------------------------------------------------------------------
 
@@ -283,21 +279,37 @@ class Ledger(Application[uuid.UUID]):
         return True
 
     def set_password(self, c: cmd.SetPassword, ctx: RequestContext) -> None:
-        self._on_user(c.username, ctx,
-                      lambda u, s: u.set_password(c.password.get_secret_value(), self.hasher, s))
+        self._on_user(
+            c.username,
+            ctx,
+            lambda u, s: u.set_password(c.password.get_secret_value(), self.hasher, s),
+        )
 
     def change_password(self, c: cmd.ChangePassword, ctx: RequestContext) -> None:
-        self._on_user(c.username, ctx, lambda u, s: u.change_password(
-            c.current_password.get_secret_value(), c.new_password.get_secret_value(),
-            self.hasher, s))
+        self._on_user(
+            c.username,
+            ctx,
+            lambda u, s: u.change_password(
+                c.current_password.get_secret_value(),
+                c.new_password.get_secret_value(),
+                self.hasher,
+                s,
+            ),
+        )
 
     def require_password_reset(self, c: cmd.RequirePasswordReset, ctx: RequestContext) -> bool:
-        return self._on_user(c.username, ctx,
-                             lambda u, s: u.require_password_reset(c.reason, c.campaign_id, s))
+        return self._on_user(
+            c.username, ctx, lambda u, s: u.require_password_reset(c.reason, c.campaign_id, s)
+        )
 
     def complete_password_reset(self, c: cmd.CompletePasswordReset, ctx: RequestContext) -> None:
-        self._on_user(c.username, ctx, lambda u, s: u.complete_password_reset(
-            c.new_password.get_secret_value(), self.hasher, s))
+        self._on_user(
+            c.username,
+            ctx,
+            lambda u, s: u.complete_password_reset(
+                c.new_password.get_secret_value(), self.hasher, s
+            ),
+        )
 
     def unlock_user(self, c: cmd.UnlockUser, ctx: RequestContext) -> None:
         self._on_user(c.username, ctx, lambda u, s: u.unlock(s))
@@ -428,8 +440,7 @@ class Ledger(Application[uuid.UUID]):
             issued = account.create_api_key(c.name, list(c.scopes), self.api_key_codec, stamp)
             index = ApiKeyIndex.index(issued.key_id, account.id, stamp)
             self.save(account, index)
-            return IssuedKey(c.account, issued.key_id, c.name, sorted(set(c.scopes)),
-                             issued.token)
+            return IssuedKey(c.account, issued.key_id, c.name, sorted(set(c.scopes)), issued.token)
 
         return self._retrying(attempt)
 
@@ -459,18 +470,23 @@ class Ledger(Application[uuid.UUID]):
     def start_totp_enrolment(self, c: cmd.StartTotpEnrolment, ctx: RequestContext) -> TotpEnrolment:
         def change(u: User, s: Stamp) -> TotpEnrolment:
             factor_id, seed = u.start_totp_enrolment(c.label, self.keyring, s)
-            return TotpEnrolment(u.username, factor_id, seed,
-                                 provisioning_uri(seed, u.username, self.totp_issuer))
+            return TotpEnrolment(
+                u.username, factor_id, seed, provisioning_uri(seed, u.username, self.totp_issuer)
+            )
 
         return self._on_user(c.username, ctx, change)
 
     def confirm_totp_enrolment(self, c: cmd.ConfirmTotpEnrolment, ctx: RequestContext) -> None:
-        self._on_user(c.username, ctx, lambda u, s: u.confirm_totp_enrolment(
-            c.factor_id, c.code, self.keyring, s))
+        self._on_user(
+            c.username,
+            ctx,
+            lambda u, s: u.confirm_totp_enrolment(c.factor_id, c.code, self.keyring, s),
+        )
 
     def remove_second_factor(self, c: cmd.RemoveSecondFactor, ctx: RequestContext) -> None:
-        self._on_user(c.username, ctx,
-                      lambda u, s: u.remove_second_factor(c.factor_id, c.reason, s))
+        self._on_user(
+            c.username, ctx, lambda u, s: u.remove_second_factor(c.factor_id, c.reason, s)
+        )
 
     def generate_recovery_codes(
         self, c: cmd.GenerateRecoveryCodes, ctx: RequestContext
@@ -480,36 +496,49 @@ class Ledger(Application[uuid.UUID]):
     # --- allowlist ------------------------------------------------------------------
 
     def add_allowlist_entry(self, c: cmd.AddAllowlistEntry, ctx: RequestContext) -> str:
-        return self._on_account(c.account, ctx,
-                                lambda a, s: a.add_allowlist_entry(c.cidr, c.label, s))
+        return self._on_account(
+            c.account, ctx, lambda a, s: a.add_allowlist_entry(c.cidr, c.label, s)
+        )
 
     def remove_allowlist_entry(self, c: cmd.RemoveAllowlistEntry, ctx: RequestContext) -> str:
-        return self._on_account(c.account, ctx, lambda a, s: a.remove_allowlist_entry(
-            c.entry, s, force=c.force))
+        return self._on_account(
+            c.account, ctx, lambda a, s: a.remove_allowlist_entry(c.entry, s, force=c.force)
+        )
 
     def check_control_panel_access(
         self, c: cmd.CheckControlPanelAccess, ctx: RequestContext
     ) -> bool:
-        return self._on_account(c.account, ctx,
-                                lambda a, s: a.check_control_panel_access(c.ip, s))
+        return self._on_account(c.account, ctx, lambda a, s: a.check_control_panel_access(c.ip, s))
 
     # --- DKIM -----------------------------------------------------------------------
 
     def generate_dkim_key(self, c: cmd.GenerateDkimKey, ctx: RequestContext) -> DkimKey:
-        return self._on_account(c.account, ctx, lambda a, s: a.generate_dkim_key(
-            c.domain, c.selector, c.algorithm, self.keyring, s, campaign_id=c.campaign_id,
-            rsa_bits=self.dkim_rsa_bits))
+        return self._on_account(
+            c.account,
+            ctx,
+            lambda a, s: a.generate_dkim_key(
+                c.domain,
+                c.selector,
+                c.algorithm,
+                self.keyring,
+                s,
+                campaign_id=c.campaign_id,
+                rsa_bits=self.dkim_rsa_bits,
+            ),
+        )
 
     def publish_dkim_key(self, c: cmd.PublishDkimKey, ctx: RequestContext) -> None:
         self._on_account(c.account, ctx, lambda a, s: a.publish_dkim_key(c.domain, c.selector, s))
 
     def activate_dkim_key(self, c: cmd.ActivateDkimKey, ctx: RequestContext) -> list[str]:
-        return self._on_account(c.account, ctx,
-                                lambda a, s: a.activate_dkim_key(c.domain, c.selector, s))
+        return self._on_account(
+            c.account, ctx, lambda a, s: a.activate_dkim_key(c.domain, c.selector, s)
+        )
 
     def retire_dkim_key(self, c: cmd.RetireDkimKey, ctx: RequestContext) -> None:
-        self._on_account(c.account, ctx,
-                         lambda a, s: a.retire_dkim_key(c.domain, c.selector, c.reason, s))
+        self._on_account(
+            c.account, ctx, lambda a, s: a.retire_dkim_key(c.domain, c.selector, c.reason, s)
+        )
 
     # --- staff ----------------------------------------------------------------------
 
@@ -518,13 +547,19 @@ class Ledger(Application[uuid.UUID]):
             account = self.get_account(name)
             if account.kind != AccountKind.CUSTOMER:
                 raise AccountKindError(f"{name!r} is not a customer account")
-        self._on_user(c.username, ctx, lambda u, s: u.record_internal_access(
-            c.system, c.resource, c.action, c.records, list(c.customer_accounts), s))
+        self._on_user(
+            c.username,
+            ctx,
+            lambda u, s: u.record_internal_access(
+                c.system, c.resource, c.action, c.records, list(c.customer_accounts), s
+            ),
+        )
 
 
 def _user_topics() -> list[str]:
     return sorted(
-        v.TOPIC for v in vars(User).values()
+        v.TOPIC
+        for v in vars(User).values()
         if isinstance(v, type) and issubclass(v, User.Event) and v is not User.Event
     )
 

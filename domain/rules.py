@@ -37,8 +37,11 @@ def check_password_strength(password: str, username: str, email: str) -> None:
         raise WeakPasswordError(f"password is longer than {MAX_PASSWORD_LENGTH} characters")
     lowered = password.lower()
     local_part = email.split("@", 1)[0].lower()
-    for label, ident in (("username", username.lower()), ("email", email.lower()),
-                         ("email name", local_part)):
+    for label, ident in (
+        ("username", username.lower()),
+        ("email", email.lower()),
+        ("email name", local_part),
+    ):
         if len(ident) >= 3 and ident in lowered:
             raise WeakPasswordError(f"password must not contain the {label}")
     if lowered in common_passwords():

@@ -211,7 +211,7 @@ class ApiKeyCodec:
         match = self._pattern.fullmatch(token.strip())
         if match is None:
             raise MalformedApiKeyError(f"API key is not of the form {self.prefix}<id>_<secret>")
-        body = token.strip()[: -CHECKSUM_LEN]
+        body = token.strip()[:-CHECKSUM_LEN]
         if not hmac.compare_digest(_checksum(body), match["crc"]):
             raise MalformedApiKeyError("API key checksum does not match (typo or look-alike)")
         return PresentedApiKey(key_id=match["kid"], secret=match["secret"])

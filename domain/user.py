@@ -297,8 +297,14 @@ class User(Aggregate):
     def register(
         cls, account_id: uuid.UUID, username: str, email: str, role: Role, stamp: Stamp
     ) -> User:
-        return cls._create(cls.Registered, account_id=account_id, username=username,
-                           email=email, role=role.value, **stamp.fields())
+        return cls._create(
+            cls.Registered,
+            account_id=account_id,
+            username=username,
+            email=email,
+            role=role.value,
+            **stamp.fields(),
+        )
 
     def _emit(self, event_class: type[User.Event], stamp: Stamp, **fields: Any) -> None:
         self.trigger_event(event_class, **stamp.fields(), **fields)
@@ -329,9 +335,7 @@ class User(Aggregate):
             check_not_current_password(hasher.verify(self.password_hash, password))
         self._emit(self.PasswordSet, stamp, password_hash=hasher.hash(password))
 
-    def change_password(
-        self, current: str, new: str, hasher: PasswordHasher, stamp: Stamp
-    ) -> None:
+    def change_password(self, current: str, new: str, hasher: PasswordHasher, stamp: Stamp) -> None:
         self.check_not_disabled()
         if self.reset_required:
             # After a breach the current password is known to the attacker: it proves nothing.
@@ -344,9 +348,7 @@ class User(Aggregate):
         check_not_current_password(current == new or hasher.verify(self.password_hash, new))
         self._emit(self.PasswordChanged, stamp, password_hash=hasher.hash(new))
 
-    def require_password_reset(
-        self, reason: str, campaign_id: str | None, stamp: Stamp
-    ) -> bool:
+    def require_password_reset(self, reason: str, campaign_id: str | None, stamp: Stamp) -> bool:
         """False, recording nothing, if this campaign already marked the user."""
         if self.reset_required and self.reset_campaign_id == campaign_id:
             return False
@@ -362,8 +364,12 @@ class User(Aggregate):
         check_password_strength(new, self.username, self.email)
         if self.password_hash is not None:
             check_not_current_password(hasher.verify(self.password_hash, new))
-        self._emit(self.PasswordResetCompleted, stamp, password_hash=hasher.hash(new),
-                   campaign_id=self.reset_campaign_id)
+        self._emit(
+            self.PasswordResetCompleted,
+            stamp,
+            password_hash=hasher.hash(new),
+            campaign_id=self.reset_campaign_id,
+        )
 
     # --- login ------------------------------------------------------------------------
 
@@ -395,8 +401,7 @@ class User(Aggregate):
         factors = self.confirmed_factors
         if factors or two_factor_required:
             if not factors:
-                return self._fail(LoginFailure.SECOND_FACTOR_NOT_ENROLLED, lockout_threshold,
-                                  stamp)
+                return self._fail(LoginFailure.SECOND_FACTOR_NOT_ENROLLED, lockout_threshold, stamp)
             if totp_code:
                 matched = self._match_totp(totp_code, keyring, stamp.occurred_at)
                 if matched is None:
@@ -472,8 +477,9 @@ class User(Aggregate):
         factor_id = "tf_" + secrets.token_hex(6)
         seed = new_totp_seed()
         sealed = keyring.seal(seed.encode(), totp_aad(self.id, factor_id))
-        self._emit(self.TotpEnrolmentStarted, stamp, factor_id=factor_id, label=label,
-                   sealed_seed=sealed)
+        self._emit(
+            self.TotpEnrolmentStarted, stamp, factor_id=factor_id, label=label, sealed_seed=sealed
+        )
         return factor_id, seed
 
     def confirm_totp_enrolment(
@@ -495,18 +501,18 @@ class User(Aggregate):
         self.check_not_disabled()
         factor = self.factors.get(factor_id)
         if factor is None:
-            raise UnknownFactorError(
-                f"user {self.username!r} has no second factor {factor_id!r}"
-            )
-        self._emit(self.SecondFactorRemoved, stamp, factor_id=factor_id, kind=factor.kind,
-                   reason=reason)
+            raise UnknownFactorError(f"user {self.username!r} has no second factor {factor_id!r}")
+        self._emit(
+            self.SecondFactorRemoved, stamp, factor_id=factor_id, kind=factor.kind, reason=reason
+        )
 
     def generate_recovery_codes(self, count: int, stamp: Stamp) -> list[str]:
         """Returns the codes once; only their digests are stored. Replaces older codes."""
         self.check_not_disabled()
         codes = [new_recovery_code() for _ in range(count)]
-        self._emit(self.RecoveryCodesGenerated, stamp,
-                   code_hashes=[hash_recovery_code(c) for c in codes])
+        self._emit(
+            self.RecoveryCodesGenerated, stamp, code_hashes=[hash_recovery_code(c) for c in codes]
+        )
         return codes
 
     # --- staff ----------------------------------------------------------------------------
@@ -526,6 +532,12 @@ class User(Aggregate):
                 f"user {self.username!r} is not a staff employee; only employees access "
                 "internal systems"
             )
-        self._emit(self.InternalSystemAccessed, stamp, system=system, resource=resource,
-                   action=action, records=records,
-                   customer_accounts=sorted(set(customer_accounts)))
+        self._emit(
+            self.InternalSystemAccessed,
+            stamp,
+            system=system,
+            resource=resource,
+            action=action,
+            records=records,
+            customer_accounts=sorted(set(customer_accounts)),
+        )

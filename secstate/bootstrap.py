@@ -72,8 +72,10 @@ def load_keyring(settings: Settings) -> KeyRing:
     path = ensure_home(settings) / KEYRING_FILE
     if not path.exists():
         key_id = "k" + datetime.now(UTC).strftime("%Y%m%d")
-        data = {"active": key_id,
-                "keys": {key_id: base64.b64encode(KeyRing.generate_key()).decode()}}
+        data = {
+            "active": key_id,
+            "keys": {key_id: base64.b64encode(KeyRing.generate_key()).decode()},
+        }
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(data, f)
@@ -101,11 +103,13 @@ def parse_keys(text: str) -> dict[str, bytes]:
 
 
 def build_hasher(settings: Settings) -> PasswordHasher:
-    return PasswordHasher(Argon2Parameters(
-        time_cost=settings.argon2_time_cost,
-        memory_cost_kib=settings.argon2_memory_kib,
-        parallelism=settings.argon2_parallelism,
-    ))
+    return PasswordHasher(
+        Argon2Parameters(
+            time_cost=settings.argon2_time_cost,
+            memory_cost_kib=settings.argon2_memory_kib,
+            parallelism=settings.argon2_parallelism,
+        )
+    )
 
 
 def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:

@@ -19,8 +19,10 @@ def default_home() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SECSTATE_", extra="ignore")
 
-    home: Path = Field(default_factory=default_home,
-                       description="data directory for the embedded SQLite stores and key ring")
+    home: Path = Field(
+        default_factory=default_home,
+        description="data directory for the embedded SQLite stores and key ring",
+    )
     database_url: SecretStr | None = Field(
         default=None,
         description="postgresql://user:pass@host:port/db[?schema=NAME]; unset = embedded SQLite",
@@ -80,5 +82,7 @@ class Settings(BaseSettings):
             return f"sqlite:{self.home / 'ledger.sqlite3'}"
         p = self.postgres_params()
         schema = p.get("POSTGRES_SCHEMA", "public")
-        return (f"postgresql://{p['POSTGRES_USER']}@{p['POSTGRES_HOST']}:{p['POSTGRES_PORT']}/"
-                f"{p['POSTGRES_DBNAME']} (schema {schema})")
+        return (
+            f"postgresql://{p['POSTGRES_USER']}@{p['POSTGRES_HOST']}:{p['POSTGRES_PORT']}/"
+            f"{p['POSTGRES_DBNAME']} (schema {schema})"
+        )

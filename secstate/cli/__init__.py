@@ -80,15 +80,15 @@ def run(argv: list[str] | None = None) -> int:
     except ValidationError as e:  # settings or other pydantic input
         err_console.print(
             "error: invalid settings or input: " + "; ".join(describe_validation_error(e)),
-            markup=False, highlight=False,
+            markup=False,
+            highlight=False,
         )
         return EXIT_REFUSED
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130
     except Exception as e:
-        err_console.print(f"internal error: {type(e).__name__}: {e}", markup=False,
-                          highlight=False)
+        err_console.print(f"internal error: {type(e).__name__}: {e}", markup=False, highlight=False)
         if STATE.debug:
             traceback.print_exc()
         else:

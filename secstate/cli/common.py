@@ -83,8 +83,12 @@ STATE = CliState()
 def root_callback(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
     actor: Annotated[
-        str, typer.Option("--actor", envvar="SECSTATE_ACTOR",
-                          help="Who is acting, KIND:ID (user, staff, api_key, system).")
+        str,
+        typer.Option(
+            "--actor",
+            envvar="SECSTATE_ACTOR",
+            help="Who is acting, KIND:ID (user, staff, api_key, system).",
+        ),
     ] = "system:cli",
     source_ip: Annotated[
         str | None, typer.Option("--source-ip", help="IP the request came from.")

@@ -57,9 +57,11 @@ def account_show(
     if json_out:
         print_json(summary)
         return
-    print_table(f"account {account.name}", ["field", "value"],
-                [(k, fmt_time(account.opened_at) if k == "opened_at" else v)
-                 for k, v in summary.items()])
+    print_table(
+        f"account {account.name}",
+        ["field", "value"],
+        [(k, fmt_time(account.opened_at) if k == "opened_at" else v) for k, v in summary.items()],
+    )
 
 
 def register(app: typer.Typer) -> None:

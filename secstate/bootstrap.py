@@ -13,6 +13,7 @@ from domain.context import Clock
 from domain.errors import SecretKeyError
 from domain.ledger import Ledger
 from domain.secrets import ApiKeyCodec, Argon2Parameters, KeyRing, PasswordHasher
+from projections.base import ViewDB
 from secstate.settings import Settings
 
 KEYRING_FILE = "keyring.json"
@@ -127,3 +128,11 @@ def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
         dkim_rsa_bits=settings.dkim_rsa_bits,
         totp_issuer=settings.totp_issuer,
     )
+
+
+def open_view_db(settings: Settings, view_name: str) -> ViewDB:
+    """Where a view lives: its own SQLite file, or the ledger's PostgreSQL schema."""
+    if settings.uses_postgres:
+        ensure_postgres_schema(settings)
+        return ViewDB("postgres", postgres=settings.postgres_params())
+    return ViewDB("sqlite", sqlite_path=ensure_home(settings) / "views" / f"{view_name}.sqlite3")

@@ -1,0 +1,383 @@
+"""Followers: run views over the ledger's global event log with exactly-once positions.
+
+A view's rows and its tracking position are written in the same database transaction,
+one transaction per batch of events. A crash rolls back the whole batch, so restarting
+from the stored position neither skips nor repeats a row.
+
+The same code runs on SQLite (one file per view; followers poll the log) and on
+PostgreSQL (view tables beside the ledger's, in the same schema).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+from eventsourcing.persistence import Notification
+
+from domain.ledger import Ledger
+
+Dialect = Literal["sqlite", "postgres"]
+TRACKING_TABLE = "view_tracking"
+TRUSTED_TOPIC_PREFIX = "secstate."
+REBUILD_SUFFIX = "__rebuild"
+
+
+class ProjectionError(Exception):
+    """A view could not apply an event; the view stops at the position before it."""
+
+
+class ProjectionFailedError(ProjectionError):
+    def __init__(self, view: str, position: int, event_type: str, cause: BaseException) -> None:
+        self.view = view
+        self.position = position
+        self.event_type = event_type
+        super().__init__(
+            f"projection {view!r} stopped at position {position} ({event_type}): "
+            f"{type(cause).__name__}: {cause}"
+        )
+
+
+class UntrustedTopicError(ProjectionError):
+    """A stored event names a topic outside secstate's: it is not imported or decoded."""
+
+
+class Cursor(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
+    def fetchone(self) -> Any: ...
+    def fetchall(self) -> list[Any]: ...
+
+
+class ViewDB:
+    """One connection to where a view lives, hiding the SQL dialect's small differences.
+
+    SQL is written with ``?`` placeholders and translated to ``%s`` for PostgreSQL.
+    """
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        *,
+        sqlite_path: Path | None = None,
+        postgres: dict[str, str] | None = None,
+    ) -> None:
+        self.dialect = dialect
+        self._lock = threading.Lock()
+        if dialect == "sqlite":
+            assert sqlite_path is not None
+            sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            self._sqlite = sqlite3.connect(
+                str(sqlite_path), isolation_level=None, check_same_thread=False, timeout=30
+            )
+            self._sqlite.execute("PRAGMA journal_mode=WAL")
+            self._sqlite.execute("PRAGMA synchronous=NORMAL")
+        else:
+            import psycopg
+
+            assert postgres is not None
+            self.schema = postgres.get("POSTGRES_SCHEMA") or "public"
+            self._pg = psycopg.connect(
+                dbname=postgres["POSTGRES_DBNAME"],
+                host=postgres["POSTGRES_HOST"],
+                port=int(postgres["POSTGRES_PORT"]),
+                user=postgres["POSTGRES_USER"],
+                password=postgres.get("POSTGRES_PASSWORD") or None,
+                autocommit=True,
+            )
+            self._pg.execute(f'SET search_path TO "{self.schema}"')
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", "%s") if self.dialect == "postgres" else statement
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        """All or nothing: the body's writes commit together or roll back together."""
+        with self._lock:
+            if self.dialect == "sqlite":
+                cur = self._sqlite.cursor()
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    yield Tx(self, cur)
+                except BaseException:
+                    cur.execute("ROLLBACK")
+                    raise
+                cur.execute("COMMIT")
+            else:
+                with self._pg.transaction(), self._pg.cursor() as cur:
+                    yield Tx(self, cur)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Tx]:
+        """A read-only cursor (a consistent snapshot on PostgreSQL)."""
+        with self._lock:
+            if self.dialect == "sqlite":
+                cur = self._sqlite.cursor()
+                try:
+                    yield Tx(self, cur)
+                finally:
+                    cur.close()
+            else:
+                with self._pg.transaction(), self._pg.cursor() as cur:
+                    yield Tx(self, cur)
+
+    def table_exists(self, name: str) -> bool:
+        with self.reading() as tx:
+            if self.dialect == "sqlite":
+                row = tx.query_one(
+                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
+                )
+            else:
+                row = tx.query_one(
+                    "SELECT 1 FROM information_schema.tables WHERE table_schema=? AND table_name=?",
+                    (self.schema, name),
+                )
+        return row is not None
+
+    def close(self) -> None:
+        if self.dialect == "sqlite":
+            self._sqlite.close()
+        else:
+            self._pg.close()
+
+
+class Tx:
+    """A cursor inside one transaction, with dialect-aware helpers."""
+
+    def __init__(self, db: ViewDB, cursor: Any) -> None:
+        self.db = db
+        self.cursor = cursor
+        self.dialect: Dialect = db.dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.cursor.execute(self.db.sql(sql), params)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.cursor.executemany(self.db.sql(sql), rows)
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self.execute(sql, params)
+        return self.cursor.fetchone()
+
+    def query_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        self.execute(sql, params)
+        return list(self.cursor.fetchall())
+
+
+class View(ABC):
+    """A read model maintained from the event log.
+
+    ``tables`` are the view's tables by their live names; during a rebuild the follower
+    asks for them with ``REBUILD_SUFFIX`` appended (``self.t(name)`` does it), builds them
+    from position 0, then swaps them in with the tracking row in one transaction.
+    Index and constraint names go through ``self.i(name)``, which appends a token fresh
+    for each build, because renaming a table does not rename its indexes.
+    """
+
+    name: ClassVar[str]
+    tables: ClassVar[tuple[str, ...]]
+
+    def __init__(self) -> None:
+        self.suffix = ""
+        self.token = secrets.token_hex(4)
+
+    def t(self, table: str) -> str:
+        return table + self.suffix
+
+    def i(self, index: str) -> str:
+        return f"{index}_{self.token}"
+
+    @abstractmethod
+    def ddl(self, dialect: Dialect) -> list[str]:
+        """CREATE TABLE / CREATE INDEX statements naming tables with ``self.t(...)`` and
+        indexes and constraints with ``self.i(...)``."""
+
+    @abstractmethod
+    def apply_batch(self, tx: Tx, events: Sequence[tuple[int, Any]]) -> None:
+        """Apply (position, domain event) pairs, in log order, inside ``tx``.
+
+        Raise ``ProjectionFailedError`` naming the position and type of an event that
+        cannot be applied; the whole batch is then rolled back.
+        """
+
+
+def event_type_name(event: Any) -> str:
+    """``User.PasswordChanged`` from the stable topic ``secstate.User.PasswordChanged``."""
+    topic: str = getattr(type(event), "TOPIC", type(event).__qualname__)
+    return topic.removeprefix(TRUSTED_TOPIC_PREFIX)
+
+
+@dataclass(frozen=True)
+class FollowerStatus:
+    view: str
+    position: int
+    head: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.head - self.position)
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+class Follower:
+    """Keeps one view up to date with the ledger's log, exactly once."""
+
+    def __init__(self, ledger: Ledger, view: View, db: ViewDB, batch_size: int = 2000) -> None:
+        self.ledger = ledger
+        self.view = view
+        self.db = db
+        self.batch_size = batch_size
+        self.setup()
+
+    # --- storage ---------------------------------------------------------------------
+
+    def setup(self) -> None:
+        with self.db.transaction() as tx:
+            tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} "
+                "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+            )
+        self.view.suffix = ""
+        if all(self.db.table_exists(t) for t in self.view.tables):
+            return
+        with self.db.transaction() as tx:
+            self.view.token = secrets.token_hex(4)
+            for statement in self.view.ddl(self.db.dialect):
+                tx.execute(statement)
+
+    def position(self, name: str | None = None) -> int:
+        with self.db.reading() as tx:
+            row = tx.query_one(
+                f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?",
+                (name or self.view.name,),
+            )
+        return int(row[0]) if row else 0
+
+    def head(self) -> int:
+        return int(self.ledger.recorder.max_notification_id() or 0)
+
+    def status(self) -> FollowerStatus:
+        return FollowerStatus(self.view.name, self.position(), self.head())
+
+    # --- processing --------------------------------------------------------------------
+
+    def _decode(self, notifications: Sequence[Notification]) -> list[tuple[int, Any]]:
+        events = []
+        for n in notifications:
+            if not n.topic.startswith(TRUSTED_TOPIC_PREFIX):
+                raise UntrustedTopicError(
+                    f"event at position {n.id} has untrusted topic {n.topic!r}; refusing to "
+                    "import it"
+                )
+            events.append((n.id, self.ledger.mapper.to_domain_event(n)))
+        return events
+
+    def _process(self, tracking_name: str, start_after: int, stop: int | None) -> int:
+        """One batch after ``start_after``; returns the new position (unchanged if none)."""
+        notifications = self.ledger.recorder.select_notifications(
+            start=start_after + 1, limit=self.batch_size, stop=stop
+        )
+        if not notifications:
+            return start_after
+        events = self._decode(notifications)
+        new_position = notifications[-1].id
+        with self.db.transaction() as tx:
+            self.view.apply_batch(tx, events)
+            self._save_position(tx, tracking_name, new_position)
+        return new_position
+
+    def _save_position(self, tx: Tx, name: str, position: int) -> None:
+        if tx.dialect == "sqlite":
+            tx.execute(
+                f"INSERT INTO {TRACKING_TABLE}(view_name, position) VALUES (?, ?) "
+                "ON CONFLICT(view_name) DO UPDATE SET position=excluded.position",
+                (name, position),
+            )
+        else:
+            tx.execute(
+                f"INSERT INTO {TRACKING_TABLE}(view_name, position) VALUES (?, ?) "
+                "ON CONFLICT(view_name) DO UPDATE SET position=EXCLUDED.position",
+                (name, position),
+            )
+
+    def catch_up(self, progress: ProgressFn | None = None, stop: int | None = None) -> int:
+        """Process everything up to the current head (or ``stop``); returns events applied."""
+        self.view.suffix = ""
+        target = stop if stop is not None else self.head()
+        position = start = self.position()
+        while position < target:
+            new_position = self._process(self.view.name, position, target)
+            if new_position == position:
+                break
+            position = new_position
+            if progress:
+                progress(position, target)
+        return position - start
+
+    def run_forever(self, stopping: threading.Event, poll_interval: float = 0.5) -> None:
+        """Follow the log until ``stopping`` is set; errors propagate and stop this view."""
+        while not stopping.is_set():
+            if self.catch_up() == 0:
+                stopping.wait(poll_interval)
+
+    # --- rebuild ---------------------------------------------------------------------------
+
+    def rebuild(self, progress: ProgressFn | None = None) -> int:
+        """Build a fresh copy from position 0 beside the live one, then swap it in.
+
+        Readers keep using the live tables until the swap, which is one transaction.
+        """
+        shadow_name = self.view.name + REBUILD_SUFFIX
+        self.view.suffix = REBUILD_SUFFIX
+        self.view.token = secrets.token_hex(4)
+        try:
+            with self.db.transaction() as tx:
+                for table in self.view.tables:
+                    tx.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
+                for statement in self.view.ddl(self.db.dialect):
+                    tx.execute(statement)
+                tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (shadow_name,))
+            target = self.head()
+            position = 0
+            while position < target:
+                new_position = self._process(shadow_name, position, target)
+                if new_position == position:
+                    break
+                position = new_position
+                if progress:
+                    progress(position, target)
+            # Catch up whatever arrived meanwhile, then swap in one transaction.
+            while True:
+                new_position = self._process(shadow_name, position, None)
+                if new_position == position:
+                    break
+                position = new_position
+            with self.db.transaction() as tx:
+                for table in self.view.tables:
+                    tx.execute(f"DROP TABLE IF EXISTS {table}")
+                    tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
+                tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (shadow_name,))
+                self._save_position(tx, self.view.name, position)
+            return position
+        finally:
+            self.view.suffix = ""
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()

@@ -102,6 +102,7 @@ class ViewDB:
     def transaction(self) -> Iterator[Tx]:
         """All or nothing: the body's writes commit together or roll back together."""
         with self._lock:
+            cur: Any
             if self.dialect == "sqlite":
                 cur = self._sqlite.cursor()
                 cur.execute("BEGIN IMMEDIATE")
@@ -119,6 +120,7 @@ class ViewDB:
     def reading(self) -> Iterator[Tx]:
         """A read-only cursor (a consistent snapshot on PostgreSQL)."""
         with self._lock:
+            cur: Any
             if self.dialect == "sqlite":
                 cur = self._sqlite.cursor()
                 try:

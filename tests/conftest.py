@@ -47,7 +47,7 @@ def _postgres_available() -> str | None:
     return None
 
 
-_PG_PROBLEM: str | None | bool = False  # False: not probed yet
+_PG_PROBLEM: str | bool | None = False  # False: not probed yet
 
 
 def postgres_problem() -> str | None:

@@ -36,7 +36,12 @@ def _register_groups() -> None:
     from secstate.cli import ledger_commands
 
     ledger_commands.register(app)
-    for module_name in ("demo", "investigate", "projection_commands"):
+    for module_name in (
+        "demo",
+        "state_commands",
+        "timeline_commands",
+        "projection_commands",
+    ):
         try:
             module = __import__(f"secstate.cli.{module_name}", fromlist=["register"])
         except ModuleNotFoundError as e:

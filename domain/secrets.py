@@ -69,10 +69,14 @@ class KeyRing:
             aead = self._keys[key_id]
         except KeyError:
             raise SecretKeyError(f"sealed under unknown key id {key_id!r}") from None
-        raw = base64.urlsafe_b64decode(blob + "=" * (-len(blob) % 4))
+        try:
+            # Strict decoding: only seal() makes these, so anything else is damage.
+            raw = base64.b64decode(blob + "=" * (-len(blob) % 4), altchars=b"-_", validate=True)
+        except ValueError:
+            raise SecretKeyError(f"sealed value under key {key_id!r} is not valid base64") from None
         try:
             return aead.decrypt(raw[:12], raw[12:], associated_data)
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: too short to hold a nonce
             raise SecretKeyError(
                 f"sealed value under key {key_id!r} failed authentication"
             ) from None

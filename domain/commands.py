@@ -63,7 +63,7 @@ Domain = Annotated[
 ]
 Selector = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
 CampaignId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")]
-TotpCode = Annotated[str, Field(pattern=r"^\d{6}$")]
+TotpCode = Annotated[str, Field(pattern=r"^[0-9]{6}$")]  # \d would admit non-ASCII digits
 KeyId = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{12}$")]
 
 

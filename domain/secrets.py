@@ -259,7 +259,8 @@ def totp_code_at_step(seed: str, step: int) -> str:
 
 def match_totp_step(seed: str, code: str, moment: datetime) -> int | None:
     """The time step whose code equals ``code`` within the allowed drift, or None."""
-    if not re.fullmatch(rf"\d{{{TOTP_DIGITS}}}", code or ""):
+    # [0-9], not \d: \d matches non-ASCII digits, which compare_digest refuses with TypeError.
+    if not re.fullmatch(rf"[0-9]{{{TOTP_DIGITS}}}", code or ""):
         return None
     now_step = totp_step(moment)
     found = None

@@ -114,11 +114,15 @@ class RequirePasswordResets(Command):
     campaign_id: CampaignId
     usernames: list[Username] = Field(default_factory=list)
     accounts: list[AccountName] = Field(default_factory=list)
-    everyone: bool = False
+    # validate_default: without it pydantic skips the check below when everyone is omitted,
+    # and a command with no target at all would pass.
+    everyone: bool = Field(default=False, validate_default=True)
 
     @field_validator("everyone")
     @classmethod
     def _one_target(cls, everyone: bool, info: Any) -> bool:
+        if "usernames" not in info.data or "accounts" not in info.data:
+            return everyone  # a target field is already reported as invalid
         targeted = bool(info.data.get("usernames")) or bool(info.data.get("accounts"))
         if everyone and targeted:
             raise ValueError("'everyone' cannot be combined with usernames or accounts")

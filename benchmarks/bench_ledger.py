@@ -1,0 +1,495 @@
+"""Issue 2: how much does secstate's command path cost over the bare eventsourcing library?
+
+    python -m benchmarks.bench_ledger [--backend sqlite|postgres|all] [--events N]
+                                      [--users M] [--repeat R] [--profile]
+
+(a) ours: ``Ledger.add_allowlist_entry`` through the whole application path: request
+    context and pydantic command built per call, then actor check, load, domain, save.
+(b) bare: a plain ``eventsourcing.domain.Aggregate`` with one ``@event`` method whose
+    stored event is as large as ours, in a plain ``Application`` on the same store
+    settings: ``repository.get`` + method + ``save`` per command.
+    Each case has its own set of N aggregates that all start with two events and get one
+    event per round, so every load replays the same number of events on both sides and
+    no snapshot is due (ours snapshot every 100 events).
+    Rounds are interleaved (a, a', b, a, a', b, ...); a' is ours with a system actor,
+    which skips the actor check, to show what that check costs.
+(c) ``Ledger.require_password_resets`` over M users, by ``everyone=True`` (one scan of
+    the log) and by ``accounts=[...]`` (every account named), each run a new campaign.
+(d) argon2id cost with the default parameters (t=3, m=64 MiB, p=4): ms per hash/verify.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import math
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+
+from benchmarks.common import (
+    BACKENDS,
+    RESULTS_DIR,
+    Store,
+    Summary,
+    fmt_num,
+    fresh_store,
+    interleave,
+    log,
+    machine_info,
+    paired_ratios,
+    postgres_problem,
+    print_machine_info,
+    print_table,
+    profiled,
+    save_results,
+)
+from domain import commands as cmd
+from domain.account import Account
+from domain.commands import parse_command
+from domain.context import SYSTEM_ACTOR, Actor, ActorKind, RequestContext, Stamp, SystemClock
+from domain.ledger import Ledger
+from domain.secrets import Argon2Parameters, PasswordHasher
+from domain.user import User
+from domain.values import AccountKind, Role
+
+PASSWORD = "bench-Password-1234"
+USER_AGENT = "secstate-bench/1"
+SOURCE_IP = "198.51.100.7"
+SAVE_BATCH = 1000  # aggregates per save() while preparing (not timed)
+WARMUP = 50  # commands per case before the timed rounds
+GOAL_RATIO = 0.8
+GOAL_BULK_SQLITE = 20_000
+
+
+# --- the bare baseline ----------------------------------------------------------------------
+
+
+class BareAggregate(Aggregate):
+    """Nothing but the library: one event method with a payload."""
+
+    @event("Noted")
+    def note(self, text: str) -> None:
+        self.last_text = text
+
+
+class BareApp(Application[uuid.UUID]):
+    name = "bare"
+
+
+# --- preparation (not timed) ----------------------------------------------------------------
+
+
+def system_stamp() -> Stamp:
+    return Stamp(RequestContext(SYSTEM_ACTOR, user_agent=USER_AGENT), SystemClock().now())
+
+
+def prepare_accounts(ledger: Ledger, prefix: str, count: int) -> list[tuple[str, str]]:
+    """``count`` accounts with one owner each, built with domain methods, saved in batches.
+
+    Each account has two events (Opened, MemberAdded). Returns (account, owner) names.
+    """
+    stamp = system_stamp()
+    names: list[tuple[str, str]] = []
+    pending: list[Aggregate] = []
+    for i in range(count):
+        name = f"{prefix}-{i:06d}"
+        owner = f"owner-{name}"
+        account = Account.open(name, AccountKind.CUSTOMER, name, stamp)
+        user = User.register(account.id, owner, f"{owner}@example.com", Role.OWNER, stamp)
+        user.set_password(PASSWORD, ledger.hasher, stamp)
+        account.add_member(user.id, owner, Role.OWNER.value, stamp)
+        pending += [account, user]
+        names.append((name, owner))
+        if len(pending) >= SAVE_BATCH:
+            ledger.save(*pending)
+            pending = []
+    if pending:
+        ledger.save(*pending)
+    return names
+
+
+def prepare_bare(app: BareApp, count: int, payload: str) -> list[uuid.UUID]:
+    """``count`` bare aggregates of two events each (created, noted), like the accounts."""
+    ids: list[uuid.UUID] = []
+    pending: list[Aggregate] = []
+    for _ in range(count):
+        aggregate = BareAggregate()
+        aggregate.note(payload)
+        pending.append(aggregate)
+        ids.append(aggregate.id)
+        if len(pending) >= SAVE_BATCH:
+            app.save(*pending)
+            pending = []
+    if pending:
+        app.save(*pending)
+    return ids
+
+
+def stored_size(app: Application[uuid.UUID], aggregate: Aggregate) -> int:
+    """Bytes of the stored state of the aggregate's last pending event."""
+    last = aggregate.collect_events()[-1]
+    return len(app.mapper.to_stored_event(last).state)
+
+
+def matching_payload(ledger: Ledger, bare: BareApp) -> tuple[str, int, int]:
+    """A bare payload whose stored event is as large as our AllowlistEntryAdded.
+
+    Returns (payload, our stored bytes, bare stored bytes).
+    """
+    stamp = Stamp(
+        RequestContext(Actor(ActorKind.USER, "owner-acct-000000"), SOURCE_IP, USER_AGENT),
+        SystemClock().now(),
+    )
+    account = Account.open("size-probe", AccountKind.CUSTOMER, "size-probe", stamp)
+    account.add_allowlist_entry("10.255.255.255/32", "office", stamp)
+    ours = stored_size(ledger, account)
+    probe = BareAggregate()
+    probe.note("x")
+    padding = ours - stored_size(bare, probe)
+    payload = "x" * max(1, 1 + padding)
+    probe = BareAggregate()
+    probe.note(payload)
+    return payload, ours, stored_size(bare, probe)
+
+
+def cidrs(first: int, count: int) -> list[str]:
+    """Distinct /32 networks, so no new entry is covered by an earlier one."""
+    base = int(ipaddress.IPv4Address("10.0.0.0")) + first
+    return [f"{ipaddress.IPv4Address(base + i)}/32" for i in range(count)]
+
+
+# --- (a)/(b) one event per command ----------------------------------------------------------
+
+
+def ours_once(
+    ledger: Ledger, targets: Sequence[tuple[str, str]], nets: Sequence[str], as_owner: bool
+) -> float:
+    """The whole path per command; returns events/s."""
+    start = time.perf_counter()
+    for (account, owner), cidr in zip(targets, nets, strict=True):
+        actor = Actor(ActorKind.USER, owner) if as_owner else SYSTEM_ACTOR
+        ctx = RequestContext(actor, SOURCE_IP, USER_AGENT)
+        command = parse_command(cmd.AddAllowlistEntry, account=account, cidr=cidr, label="office")
+        ledger.add_allowlist_entry(command, ctx)
+    return len(targets) / (time.perf_counter() - start)
+
+
+def bare_once(app: BareApp, ids: Sequence[uuid.UUID], payload: str) -> float:
+    """Load, call, save per command; returns events/s."""
+    start = time.perf_counter()
+    for aggregate_id in ids:
+        aggregate: BareAggregate = app.repository.get(aggregate_id)
+        aggregate.note(payload)
+        app.save(aggregate)
+    return len(ids) / (time.perf_counter() - start)
+
+
+def bench_one_event(
+    store: Store, events: int, repeat: int, profile_dir: Path | None
+) -> dict[str, Any]:
+    backend = store.backend
+    ledger = store.ledger()
+    bare = store.app(BareApp, "bare.sqlite3")
+    payload, ours_bytes, bare_bytes = matching_payload(ledger, bare)
+
+    log(f"[{backend}] (a/b) preparing {events} aggregates per case")
+    owned = prepare_accounts(ledger, "acct", events)
+    system = prepare_accounts(ledger, "sys", events)
+    bare_ids = prepare_bare(bare, events, payload)
+
+    def nets(round_no: int) -> list[str]:
+        # Round -1 is the warm-up; every round gives each account one new /32.
+        return cidrs((round_no + 1) * events, events)
+
+    warm = min(WARMUP, events)
+    ours_once(ledger, owned[:warm], nets(-1)[:warm], as_owner=True)
+    ours_once(ledger, system[:warm], nets(-1)[:warm], as_owner=False)
+    bare_once(bare, bare_ids[:warm], payload)
+
+    cases: dict[str, Callable[[int], float]] = {
+        "ours": lambda r: ours_once(ledger, owned, nets(r), as_owner=True),
+        "ours_system_actor": lambda r: ours_once(ledger, system, nets(r), as_owner=False),
+        "bare": lambda r: bare_once(bare, bare_ids, payload),
+    }
+    samples = interleave(
+        cases,
+        repeat,
+        on_round=lambda r: log(f"[{backend}] (a/b) round {r + 1}/{repeat} done"),
+    )
+    if profile_dir is not None:
+        log(f"[{backend}] (a/b) profiling one more round of ours and bare")
+        with profiled(profile_dir / f"ledger-{backend}-ours.prof"):
+            ours_once(ledger, owned, nets(repeat), as_owner=True)
+        with profiled(profile_dir / f"ledger-{backend}-bare.prof"):
+            bare_once(bare, bare_ids, payload)
+
+    ratios = paired_ratios(samples["ours"], samples["bare"])
+    return {
+        "events_per_round": events,
+        "rounds": repeat,
+        "stored_event_bytes": {"ours": ours_bytes, "bare": bare_bytes},
+        "events_per_aggregate_at_end": 2 + repeat + (1 if events <= warm else 0),
+        "rates": {name: Summary.of(s).as_dict() for name, s in samples.items()},
+        "ratio_of_medians": statistics.median(samples["ours"]) / statistics.median(samples["bare"]),
+        "paired_ratio": Summary.of(ratios).as_dict(),
+        "system_actor_ratio": Summary.of(
+            paired_ratios(samples["ours_system_actor"], samples["bare"])
+        ).as_dict(),
+    }
+
+
+# --- (c) bulk password resets ---------------------------------------------------------------
+
+
+def prepare_members(ledger: Ledger, users: int, per_account: int) -> list[str]:
+    """Accounts of ``per_account`` users each; returns the account names."""
+    stamp = system_stamp()
+    names: list[str] = []
+    for a in range(math.ceil(users / per_account)):
+        name = f"bulk-{a:04d}"
+        names.append(name)
+        account = Account.open(name, AccountKind.CUSTOMER, name, stamp)
+        pending: list[Aggregate] = []
+        for u in range(a * per_account, min(users, (a + 1) * per_account)):
+            username = f"user-{u:07d}"
+            user = User.register(
+                account.id, username, f"{username}@example.com", Role.TEAMMATE, stamp
+            )
+            user.set_password(PASSWORD, ledger.hasher, stamp)
+            account.add_member(user.id, username, Role.TEAMMATE.value, stamp)
+            pending.append(user)
+        ledger.save(account, *pending)
+    return names
+
+
+def bench_bulk(store: Store, users: int, repeat: int, profile_dir: Path | None) -> dict[str, Any]:
+    backend = store.backend
+    ledger = store.ledger()
+    log(f"[{backend}] (c) preparing {users} users")
+    started = time.perf_counter()
+    accounts = prepare_members(ledger, users, per_account=1000)
+    log(f"[{backend}] (c) prepared in {time.perf_counter() - started:.1f}s")
+    ctx = RequestContext(Actor(ActorKind.STAFF, "e-bench"), SOURCE_IP, USER_AGENT)
+    seconds: dict[str, list[float]] = {"everyone": [], "accounts": []}
+    log_sizes: list[int] = []
+
+    def run(path: str, round_no: int) -> float:
+        target: dict[str, Any] = (
+            {"everyone": True} if path == "everyone" else {"accounts": accounts}
+        )
+        command = parse_command(
+            cmd.RequirePasswordResets,
+            reason="benchmark",
+            campaign_id=f"bench-{path}-{round_no}",
+            **target,
+        )
+        log_sizes.append(ledger.recorder.max_notification_id() or 0)
+        start = time.perf_counter()
+        result = ledger.require_password_resets(command, ctx)
+        elapsed = time.perf_counter() - start
+        if result.marked != users:
+            raise RuntimeError(f"{path}: marked {result.marked} users, expected {users}")
+        seconds[path].append(elapsed)
+        return result.marked / elapsed
+
+    samples = interleave(
+        {"everyone": lambda r: run("everyone", r), "accounts": lambda r: run("accounts", r)},
+        repeat,
+        on_round=lambda r: log(f"[{backend}] (c) round {r + 1}/{repeat} done"),
+    )
+    if profile_dir is not None:
+        for path in ("everyone", "accounts"):
+            log(f"[{backend}] (c) profiling one more {path} run")
+            with profiled(profile_dir / f"ledger-{backend}-bulk-{path}.prof"):
+                run(path, repeat)
+    return {
+        "users": users,
+        "accounts": len(accounts),
+        "runs": repeat,
+        "log_size_before_runs": log_sizes[: 2 * repeat],
+        "rates": {name: Summary.of(s).as_dict() for name, s in samples.items()},
+        "seconds": {name: Summary.of(s).as_dict() for name, s in seconds.items()},
+    }
+
+
+# --- (d) argon2 defaults --------------------------------------------------------------------
+
+
+def bench_hashing(repeat: int) -> dict[str, Any]:
+    params = Argon2Parameters()
+    hasher = PasswordHasher(params)
+    log(
+        f"(d) argon2id t={params.time_cost} m={params.memory_cost_kib} KiB "
+        f"p={params.parallelism}: {repeat} hashes and verifies"
+    )
+    hashes: list[float] = []
+    verifies: list[float] = []
+    phc = hasher.hash(PASSWORD)  # warm-up
+    for _ in range(repeat):
+        start = time.perf_counter()
+        phc = hasher.hash(PASSWORD)
+        hashes.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        if not hasher.verify(phc, PASSWORD):
+            raise RuntimeError("argon2 verify failed")
+        verifies.append((time.perf_counter() - start) * 1000)
+    return {
+        "params": {
+            "time_cost": params.time_cost,
+            "memory_cost_kib": params.memory_cost_kib,
+            "parallelism": params.parallelism,
+        },
+        "hash_ms": Summary.of(hashes).as_dict(),
+        "verify_ms": Summary.of(verifies).as_dict(),
+    }
+
+
+# --- report ---------------------------------------------------------------------------------
+
+
+def report(results: dict[str, Any]) -> None:
+    rows: list[list[object]] = []
+    for backend, r in results["backends"].items():
+        a = r["one_event"]
+        rates = a["rates"]
+        rows.append(
+            [
+                backend,
+                fmt_num(rates["ours"]["median"]),
+                fmt_num(rates["ours_system_actor"]["median"]),
+                fmt_num(rates["bare"]["median"]),
+                f"{a['paired_ratio']['median']:.2f}",
+                f"{a['paired_ratio']['min']:.2f}-{a['paired_ratio']['max']:.2f}",
+                f"{a['system_actor_ratio']['median']:.2f}",
+            ]
+        )
+    if rows:
+        first = next(iter(results["backends"].values()))["one_event"]
+        print_table(
+            f"(a)/(b) one event per command, events/s (median of {first['rounds']} interleaved "
+            f"rounds of {first['events_per_round']}; stored event "
+            f"{first['stored_event_bytes']['ours']} B ours, "
+            f"{first['stored_event_bytes']['bare']} B bare; goal ratio >= {GOAL_RATIO})",
+            [
+                "backend",
+                "ours (owner)",
+                "ours (system actor)",
+                "bare",
+                "ratio ours/bare",
+                "ratio range",
+                "ratio (system actor)",
+            ],
+            rows,
+        )
+    rows = []
+    for backend, r in results["backends"].items():
+        c = r["bulk"]
+        for path in ("everyone", "accounts"):
+            rows.append(
+                [
+                    f"{backend} {path}",
+                    fmt_num(c["users"]),
+                    fmt_num(c["rates"][path]["median"]),
+                    f"{fmt_num(c['rates'][path]['min'])}-{fmt_num(c['rates'][path]['max'])}",
+                    f"{c['seconds'][path]['median']:.2f}",
+                ]
+            )
+    if rows:
+        print_table(
+            f"(c) require_password_resets, events/s (median; goal >= {GOAL_BULK_SQLITE:,} on "
+            "SQLite)",
+            ["backend/path", "users", "events/s", "range", "seconds"],
+            rows,
+        )
+    h = results.get("hashing")
+    if h:
+        p = h["params"]
+        print_table(
+            f"(d) argon2id t={p['time_cost']} m={p['memory_cost_kib']} KiB "
+            f"p={p['parallelism']} (the default), ms",
+            ["operation", "median", "min", "max"],
+            [
+                [op, f"{h[key]['median']:.1f}", f"{h[key]['min']:.1f}", f"{h[key]['max']:.1f}"]
+                for op, key in (("hash", "hash_ms"), ("verify", "verify_ms"))
+            ],
+        )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_ledger",
+        description="Issue 2: ledger command path vs the bare library; bulk resets; argon2.",
+    )
+    parser.add_argument("--backend", choices=[*BACKENDS, "all"], default="all")
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=1000,
+        help="(a)/(b): commands per case per round (default 1000)",
+    )
+    parser.add_argument(
+        "--users", type=int, default=20_000, help="(c): users marked per run (default 20000)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="(a)/(b) rounds and (c) runs per path (default 5)"
+    )
+    parser.add_argument(
+        "--hash-repeat", type=int, default=5, help="(d): hashes and verifies (default 5; 0 skips)"
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile one extra round of each case (stderr, .prof files)",
+    )
+    args = parser.parse_args(argv)
+    for name in ("events", "users", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if args.hash_repeat < 0:
+        parser.error("--hash-repeat must not be negative")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    backends = list(BACKENDS) if args.backend == "all" else [args.backend]
+    if "postgres" in backends:
+        problem = postgres_problem()
+        if problem:
+            print(
+                f"error: {problem} (set SECSTATE_BENCH_POSTGRES_URL, or use --backend sqlite)",
+                file=sys.stderr,
+            )
+            return 1
+    info = machine_info(with_postgres="postgres" in backends)
+    print_machine_info(info)
+    profile_dir = RESULTS_DIR if args.profile else None
+    results: dict[str, Any] = {"machine": info, "args": vars(args), "backends": {}}
+    started = time.perf_counter()
+    for backend in backends:
+        entry: dict[str, Any] = {}
+        with fresh_store(backend) as store:
+            entry["one_event"] = bench_one_event(store, args.events, args.repeat, profile_dir)
+        with fresh_store(backend) as store:
+            entry["bulk"] = bench_bulk(store, args.users, args.repeat, profile_dir)
+        results["backends"][backend] = entry
+    if args.hash_repeat:
+        results["hashing"] = bench_hashing(args.hash_repeat)
+    results["elapsed_s"] = time.perf_counter() - started
+    results["machine"]["load_average_after"] = machine_info(False)["load_average"]
+    report(results)
+    path = save_results("ledger", results)
+    log(f"done in {results['elapsed_s']:.0f}s; results in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Security state at a past moment, replayed from the event store (not from any view).
+
+``state_at(ledger, account, at)`` replays the Account aggregate to its last version whose
+``occurred_at <= at``, then each of its members at that moment likewise, and renders the
+same document as the current-state view.
+
+Finding "the last version with occurred_at <= at" assumes ``occurred_at`` never decreases
+along one aggregate's versions. The ledger stamps each command attempt with its clock
+after loading the aggregate and retries conflicts with a fresh stamp, so this holds as
+long as the clock does not step backwards between two commands on the same aggregate
+(a wall clock set back, or a demo clock moved to an earlier time). If it does not hold,
+the replay stops at the first event after ``at`` inside the final range it scans.
+
+Cost: one query for the aggregate's last event; if that is after ``at``, a binary search
+over the versions that are multiples of the snapshot interval (where the ledger keeps
+snapshots), one ``repository.get(id, version=...)`` that starts from that snapshot, and
+one ranged read of at most one interval of events, applied until the first one after
+``at``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.account import Account
+from domain.errors import SecStateError, UnknownAccountError
+from domain.ledger import Ledger
+from domain.user import User
+from projections.state import Document, state_from_aggregates
+
+DEFAULT_INTERVAL = 100
+
+
+class BeforeAccountExistedError(SecStateError):
+    """The moment asked for is before the account was opened."""
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Naive datetimes are taken to be UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _interval(ledger: Ledger, cls: type) -> int:
+    value = ledger.snapshotting_intervals.get(cls)
+    return int(value) if value else DEFAULT_INTERVAL
+
+
+def _event_at(ledger: Ledger, aggregate_id: uuid.UUID, version: int) -> Any:
+    for event in ledger.events.get(aggregate_id, gt=version - 1, lte=version, limit=1):
+        return event
+    raise LookupError(f"aggregate {aggregate_id} has no version {version}")
+
+
+def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval: int) -> Any:
+    """The aggregate as of its last event with ``occurred_at <= at``; None if none is."""
+    at = as_utc(at)
+    last = next(iter(ledger.events.get(aggregate_id, desc=True, limit=1)), None)
+    if last is None:
+        return None
+    if last.occurred_at <= at:
+        return ledger.repository.get(aggregate_id)
+    latest = int(last.originator_version)
+
+    # Largest k with occurred_at(k * interval) <= at, k = 0 meaning "before version 1".
+    lo, hi = 0, (latest - 1) // interval
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _event_at(ledger, aggregate_id, mid * interval).occurred_at <= at:
+            lo = mid
+        else:
+            hi = mid - 1
+    base = lo * interval
+
+    aggregate = ledger.repository.get(aggregate_id, version=base) if base else None
+    for event in ledger.events.get(aggregate_id, gt=base, lte=min(base + interval, latest)):
+        if event.occurred_at > at:
+            break
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
+def account_at(ledger: Ledger, account_name: str, at: datetime) -> Account:
+    """The Account aggregate as it was at ``at``; clear errors if unknown or not yet opened."""
+    at = as_utc(at)
+    account_id = Account.create_id(account_name)
+    first = next(iter(ledger.events.get(account_id, limit=1)), None)
+    if first is None or not isinstance(first, Account.Opened):
+        raise UnknownAccountError(f"no account named {account_name!r}")
+    if first.occurred_at > at:
+        raise BeforeAccountExistedError(
+            f"account {account_name!r} did not exist at {at.isoformat()}: it was opened at "
+            f"{first.occurred_at.astimezone(UTC).isoformat()}"
+        )
+    account = replay_until(ledger, account_id, at, _interval(ledger, Account))
+    assert isinstance(account, Account)
+    return account
+
+
+def users_at(ledger: Ledger, account: Account, at: datetime) -> list[User]:
+    """The account's members as they were at ``at`` (the account already replayed to ``at``)."""
+    interval = _interval(ledger, User)
+    users = []
+    for user_id in account.members:
+        user = replay_until(ledger, uuid.UUID(user_id), at, interval)
+        if user is not None:  # only if the clock stepped back between the two aggregates
+            users.append(user)
+    return users
+
+
+def state_at(ledger: Ledger, account_name: str, at: datetime) -> Document:
+    """The security state document of ``account_name`` as it was at ``at`` (naive = UTC)."""
+    at = as_utc(at)
+    account = account_at(ledger, account_name, at)
+    return state_from_aggregates(account, users_at(ledger, account, at), at)

@@ -21,6 +21,7 @@ one ranged read of at most one interval of events, applied until the first one a
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,7 +59,7 @@ def _event_at(ledger: Ledger, aggregate_id: uuid.UUID, version: int) -> Any:
 def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval: int) -> Any:
     """The aggregate as of its last event with ``occurred_at <= at``; None if none is."""
     at = as_utc(at)
-    last = next(iter(ledger.events.get(aggregate_id, desc=True, limit=1)), None)
+    last: Any = next(iter(ledger.events.get(aggregate_id, desc=True, limit=1)), None)
     if last is None:
         return None
     if last.occurred_at <= at:
@@ -76,7 +77,8 @@ def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval
     base = lo * interval
 
     aggregate = ledger.repository.get(aggregate_id, version=base) if base else None
-    for event in ledger.events.get(aggregate_id, gt=base, lte=min(base + interval, latest)):
+    tail: Iterable[Any] = ledger.events.get(aggregate_id, gt=base, lte=min(base + interval, latest))
+    for event in tail:
         if event.occurred_at > at:
             break
         aggregate = event.mutate(aggregate)

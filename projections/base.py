@@ -18,6 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -27,6 +28,7 @@ from domain.ledger import Ledger
 
 Dialect = Literal["sqlite", "postgres"]
 TRACKING_TABLE = "view_tracking"
+ERRORS_TABLE = "view_errors"
 TRUSTED_TOPIC_PREFIX = "secstate."
 REBUILD_SUFFIX = "__rebuild"
 
@@ -40,6 +42,7 @@ class ProjectionFailedError(ProjectionError):
         self.view = view
         self.position = position
         self.event_type = event_type
+        self.cause = cause
         super().__init__(
             f"projection {view!r} stopped at position {position} ({event_type}): "
             f"{type(cause).__name__}: {cause}"
@@ -219,10 +222,22 @@ def event_type_name(event: Any) -> str:
 
 
 @dataclass(frozen=True)
+class ViewError:
+    """Why a view last stopped, as stored beside it (cleared once it moves on)."""
+
+    view: str
+    position: int
+    event_type: str | None
+    message: str
+    failed_at: datetime
+
+
+@dataclass(frozen=True)
 class FollowerStatus:
     view: str
     position: int
     head: int
+    last_error: ViewError | None = None
 
     @property
     def lag(self) -> int:
@@ -230,6 +245,33 @@ class FollowerStatus:
 
 
 ProgressFn = Callable[[int, int], None]
+
+
+class Waker(Protocol):
+    """Tells a follower the log may have grown (e.g. PostgreSQL LISTEN/NOTIFY).
+
+    ``generation()`` is read before catching up; ``wait(seen, timeout)`` returns at once
+    if it moved since, so a notification arriving in between is never lost.
+    """
+
+    def generation(self) -> int: ...
+    def wait(self, seen: int, timeout: float) -> None: ...
+
+
+class PositionMovedError(Exception):
+    """Another writer moved the view's tracking position (a rebuild swap, a second runner)."""
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Database trouble that says nothing about the event: retry rather than stop the view."""
+    if isinstance(error, sqlite3.OperationalError):
+        text = str(error).lower()
+        return "locked" in text or "busy" in text
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return isinstance(error, psycopg.OperationalError)
 
 
 class Follower:
@@ -249,6 +291,11 @@ class Follower:
             tx.execute(
                 f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} "
                 "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+            )
+            tx.execute(
+                f"CREATE TABLE IF NOT EXISTS {ERRORS_TABLE} "
+                "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL, event_type TEXT, "
+                "message TEXT NOT NULL, failed_at TEXT NOT NULL)"
             )
         self.view.suffix = ""
         if all(self.db.table_exists(t) for t in self.view.tables):
@@ -270,20 +317,92 @@ class Follower:
         return int(self.ledger.recorder.max_notification_id() or 0)
 
     def status(self) -> FollowerStatus:
-        return FollowerStatus(self.view.name, self.position(), self.head())
+        return FollowerStatus(self.view.name, self.position(), self.head(), self.last_error())
+
+    def last_error(self) -> ViewError | None:
+        return read_last_error(self.db, self.view.name)
+
+    def record_error(self, position: int, event_type: str | None, message: str) -> None:
+        """Keep why the view stopped, for ``project status``; replaces any earlier one."""
+        with self.db.transaction() as tx:
+            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.view.name,))
+            tx.execute(
+                f"INSERT INTO {ERRORS_TABLE}(view_name, position, event_type, message, failed_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    self.view.name,
+                    position,
+                    event_type,
+                    message,
+                    datetime.now(UTC).isoformat(timespec="seconds"),
+                ),
+            )
 
     # --- processing --------------------------------------------------------------------
 
-    def _decode(self, notifications: Sequence[Notification]) -> list[tuple[int, Any]]:
-        events = []
-        for n in notifications:
-            if not n.topic.startswith(TRUSTED_TOPIC_PREFIX):
-                raise UntrustedTopicError(
-                    f"event at position {n.id} has untrusted topic {n.topic!r}; refusing to "
-                    "import it"
+    def _decode(self, notification: Notification) -> Any:
+        if not notification.topic.startswith(TRUSTED_TOPIC_PREFIX):
+            raise UntrustedTopicError(
+                f"event at position {notification.id} has untrusted topic "
+                f"{notification.topic!r}; refusing to import it"
+            )
+        return self.ledger.mapper.to_domain_event(notification)
+
+    def _lock_position(self, tx: Tx, name: str) -> int:
+        """The stored position, locked until ``tx`` ends (SQLite: BEGIN IMMEDIATE did it)."""
+        if tx.dialect == "postgres":
+            tx.execute(
+                f"INSERT INTO {TRACKING_TABLE}(view_name, position) VALUES (?, 0) "
+                "ON CONFLICT (view_name) DO NOTHING",
+                (name,),
+            )
+            row = tx.query_one(
+                f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=? FOR UPDATE", (name,)
+            )
+        else:
+            row = tx.query_one(f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?", (name,))
+        return int(row[0]) if row else 0
+
+    def _commit(self, tracking_name: str, start_after: int, events: list[tuple[int, Any]]) -> None:
+        """Apply ``events`` and move the position past them, in one transaction.
+
+        The position is checked first: if someone else moved it, nothing is written.
+        """
+        with self.db.transaction() as tx:
+            stored = self._lock_position(tx, tracking_name)
+            if stored != start_after:
+                raise PositionMovedError(
+                    f"{tracking_name}: expected position {start_after}, found {stored}"
                 )
-            events.append((n.id, self.ledger.mapper.to_domain_event(n)))
-        return events
+            self.view.apply_batch(tx, events)
+            self._save_position(tx, tracking_name, events[-1][0])
+            if tracking_name == self.view.name:
+                tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (tracking_name,))
+
+    def _apply(self, tracking_name: str, start_after: int, events: list[tuple[int, Any]]) -> None:
+        """The whole batch at once; if it fails, event by event to commit everything before
+        the culprit and name it (position and type) in ``ProjectionFailedError``."""
+        try:
+            self._commit(tracking_name, start_after, events)
+            return
+        except PositionMovedError:
+            raise
+        except Exception as error:
+            if _is_transient(error):
+                raise
+        position = start_after
+        for event_position, event in events:
+            try:
+                self._commit(tracking_name, position, [(event_position, event)])
+            except (PositionMovedError, ProjectionFailedError):
+                raise
+            except Exception as error:
+                if _is_transient(error):
+                    raise
+                raise ProjectionFailedError(
+                    self.view.name, event_position, event_type_name(event), error
+                ) from error
+            position = event_position
 
     def _process(self, tracking_name: str, start_after: int, stop: int | None) -> int:
         """One batch after ``start_after``; returns the new position (unchanged if none)."""
@@ -292,12 +411,22 @@ class Follower:
         )
         if not notifications:
             return start_after
-        events = self._decode(notifications)
-        new_position = notifications[-1].id
-        with self.db.transaction() as tx:
-            self.view.apply_batch(tx, events)
-            self._save_position(tx, tracking_name, new_position)
-        return new_position
+        events: list[tuple[int, Any]] = []
+        undecodable: tuple[Notification, Exception] | None = None
+        for n in notifications:
+            try:
+                events.append((n.id, self._decode(n)))
+            except Exception as error:
+                undecodable = (n, error)
+                break
+        if events:
+            self._apply(tracking_name, start_after, events)
+        if undecodable is not None:
+            bad, cause = undecodable
+            raise ProjectionFailedError(
+                self.view.name, bad.id, bad.topic.removeprefix(TRUSTED_TOPIC_PREFIX), cause
+            ) from cause
+        return events[-1][0]
 
     def _save_position(self, tx: Tx, name: str, position: int) -> None:
         if tx.dialect == "sqlite":
@@ -313,32 +442,74 @@ class Follower:
                 (name, position),
             )
 
-    def catch_up(self, progress: ProgressFn | None = None, stop: int | None = None) -> int:
-        """Process everything up to the current head (or ``stop``); returns events applied."""
-        self.view.suffix = ""
-        target = stop if stop is not None else self.head()
-        position = start = self.position()
-        while position < target:
-            new_position = self._process(self.view.name, position, target)
+    def _advance(
+        self,
+        tracking_name: str,
+        position: int,
+        target: int | None,
+        progress: ProgressFn | None,
+        stopping: threading.Event | None,
+    ) -> int:
+        """Batches from ``position`` until ``target`` (None: until nothing is left)."""
+        while (target is None or position < target) and not (stopping and stopping.is_set()):
+            try:
+                new_position = self._process(tracking_name, position, target)
+            except PositionMovedError:
+                new_position = self.position(tracking_name)
+            except ProjectionFailedError as error:
+                if tracking_name == self.view.name:
+                    self.record_error(error.position, error.event_type, str(error))
+                raise
             if new_position == position:
                 break
             position = new_position
-            if progress:
+            if progress and target is not None:
                 progress(position, target)
-        return position - start
+        return position
 
-    def run_forever(self, stopping: threading.Event, poll_interval: float = 0.5) -> None:
-        """Follow the log until ``stopping`` is set; errors propagate and stop this view."""
+    def catch_up(
+        self,
+        progress: ProgressFn | None = None,
+        stop: int | None = None,
+        stopping: threading.Event | None = None,
+    ) -> int:
+        """Process everything up to the current head (or ``stop``); returns events applied.
+
+        With ``stopping``, returns after the batch in hand once it is set.
+        """
+        self.view.suffix = ""
+        target = stop if stop is not None else self.head()
+        start = self.position()
+        return self._advance(self.view.name, start, target, progress, stopping) - start
+
+    def run_forever(
+        self,
+        stopping: threading.Event,
+        poll_interval: float = 0.5,
+        waker: Waker | None = None,
+    ) -> None:
+        """Follow the log until ``stopping`` is set; errors propagate and stop this view.
+
+        Between catch-ups it sleeps ``poll_interval``, or less when ``waker`` says so.
+        """
         while not stopping.is_set():
-            if self.catch_up() == 0:
-                stopping.wait(poll_interval)
+            seen = waker.generation() if waker else 0
+            if self.catch_up(stopping=stopping) == 0 and not stopping.is_set():
+                if waker:
+                    waker.wait(seen, poll_interval)
+                else:
+                    stopping.wait(poll_interval)
 
     # --- rebuild ---------------------------------------------------------------------------
 
-    def rebuild(self, progress: ProgressFn | None = None) -> int:
+    def rebuild(
+        self, progress: ProgressFn | None = None, stopping: threading.Event | None = None
+    ) -> int:
         """Build a fresh copy from position 0 beside the live one, then swap it in.
 
         Readers keep using the live tables until the swap, which is one transaction.
+        Returns the position of the swapped-in copy; if ``stopping`` is set first, the
+        live view is left untouched (and -1 returned).
         """
         shadow_name = self.view.name + REBUILD_SUFFIX
         self.view.suffix = REBUILD_SUFFIX
@@ -350,30 +521,54 @@ class Follower:
                 for statement in self.view.ddl(self.db.dialect):
                     tx.execute(statement)
                 tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (shadow_name,))
-            target = self.head()
-            position = 0
-            while position < target:
-                new_position = self._process(shadow_name, position, target)
-                if new_position == position:
-                    break
-                position = new_position
-                if progress:
-                    progress(position, target)
-            # Catch up whatever arrived meanwhile, then swap in one transaction.
-            while True:
-                new_position = self._process(shadow_name, position, None)
-                if new_position == position:
-                    break
-                position = new_position
+            try:
+                position = self._advance(shadow_name, 0, self.head(), progress, stopping)
+                # Catch up whatever arrived meanwhile, then swap in one transaction.
+                position = self._advance(shadow_name, position, None, None, stopping)
+            except ProjectionFailedError as error:
+                self.record_error(error.position, error.event_type, f"rebuild: {error}")
+                raise
+            if stopping and stopping.is_set():
+                return -1
             with self.db.transaction() as tx:
+                # Lock the live position first: a follower mid-batch finishes before the
+                # swap, and one arriving after it sees the new position and re-reads.
+                self._lock_position(tx, self.view.name)
                 for table in self.view.tables:
                     tx.execute(f"DROP TABLE IF EXISTS {table}")
                     tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
                 tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (shadow_name,))
+                tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.view.name,))
                 self._save_position(tx, self.view.name, position)
             return position
         finally:
             self.view.suffix = ""
+
+
+def read_last_error(db: ViewDB, view_name: str) -> ViewError | None:
+    """The stored error of a view, if any (None too if the table is not there yet)."""
+    if not db.table_exists(ERRORS_TABLE):
+        return None
+    with db.reading() as tx:
+        row = tx.query_one(
+            f"SELECT position, event_type, message, failed_at FROM {ERRORS_TABLE} "
+            "WHERE view_name=?",
+            (view_name,),
+        )
+    if row is None:
+        return None
+    return ViewError(
+        view_name, int(row[0]), row[1], str(row[2]), datetime.fromisoformat(str(row[3]))
+    )
+
+
+def read_position(db: ViewDB, view_name: str) -> int | None:
+    """A view's stored position without creating anything; None if it never ran."""
+    if not db.table_exists(TRACKING_TABLE):
+        return None
+    with db.reading() as tx:
+        row = tx.query_one(f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?", (view_name,))
+    return int(row[0]) if row else None
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, interval: float = 0.05) -> bool:

@@ -1,0 +1,69 @@
+"""The views secstate knows by name, imported only when asked for."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from domain.errors import SecStateError
+from projections.base import View
+
+
+class UnknownProjectionError(SecStateError):
+    """No view of that name is registered."""
+
+
+class ProjectionUnavailableError(SecStateError):
+    """The view is registered but its module cannot be imported."""
+
+
+def _lazy(module: str, class_name: str) -> Callable[[], View]:
+    """A factory importing ``module`` on first use, so listing names costs nothing."""
+
+    def make() -> View:
+        try:
+            cls = getattr(importlib.import_module(module), class_name)
+        except (ImportError, AttributeError) as e:
+            raise ProjectionUnavailableError(
+                f"projection view {module}.{class_name} cannot be loaded: {e}"
+            ) from e
+        view = cls()
+        if not isinstance(view, View):
+            raise ProjectionUnavailableError(f"{module}.{class_name} is not a View")
+        return view
+
+    return make
+
+
+VIEWS: dict[str, Callable[[], View]] = {
+    "state": _lazy("projections.state", "StateView"),
+    "timeline": _lazy("projections.timeline", "TimelineView"),
+}
+
+
+def view_names() -> list[str]:
+    return sorted(VIEWS)
+
+
+def check_names(names: list[str]) -> list[str]:
+    """The names asked for, in order without repeats; all registered ones if none."""
+    if not names:
+        return view_names()
+    unknown = [n for n in names if n not in VIEWS]
+    if unknown:
+        raise UnknownProjectionError(
+            f"unknown projection {', '.join(repr(n) for n in unknown)}; "
+            f"known: {', '.join(view_names())}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def make_view(name: str) -> View:
+    """A fresh view by name; ``UnknownProjectionError`` lists the known names."""
+    check_names([name])
+    view = VIEWS[name]()
+    if view.name != name:
+        raise ProjectionUnavailableError(
+            f"projection registered as {name!r} calls itself {view.name!r}"
+        )
+    return view

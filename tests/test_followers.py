@@ -1,0 +1,365 @@
+"""Followers and the runner, in-process, on SQLite and PostgreSQL.
+
+The views here are small test views: one row per event applied (no unique key, so a
+repeated position would show up as a second row rather than be hidden by an error).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from domain.account import Account
+from domain.context import RequestContext, Stamp
+from domain.ledger import Ledger
+from domain.values import AccountKind
+from projections.base import (
+    Dialect,
+    Follower,
+    ProjectionFailedError,
+    Tx,
+    View,
+    ViewDB,
+    event_type_name,
+    wait_for,
+)
+from projections.registry import VIEWS
+from projections.runner import Runner, view_status
+from secstate.bootstrap import open_view_db
+from secstate.settings import Settings
+
+DENIED = "Account.ControlPanelAccessDenied"
+
+
+class PositionsView(View):
+    """One row per applied event: (position, event type)."""
+
+    name = "positions"
+    tables = ("positions_seen",)
+
+    def ddl(self, dialect: Dialect) -> list[str]:
+        return [
+            f"CREATE TABLE {self.t('positions_seen')} "
+            "(position BIGINT NOT NULL, event_type TEXT NOT NULL)",
+            f"CREATE INDEX {self.i('positions_seen_position')} "
+            f"ON {self.t('positions_seen')} (position)",
+        ]
+
+    def apply_batch(self, tx: Tx, events: Sequence[tuple[int, Any]]) -> None:
+        tx.executemany(
+            f"INSERT INTO {self.t('positions_seen')}(position, event_type) VALUES (?, ?)",  # noqa: S608
+            [(position, event_type_name(event)) for position, event in events],
+        )
+
+
+class FragileView(PositionsView):
+    """Like PositionsView, but its handler raises on denied control-panel accesses."""
+
+    name = "fragile"
+    tables = ("fragile_seen",)
+
+    def ddl(self, dialect: Dialect) -> list[str]:
+        return [
+            f"CREATE TABLE {self.t('fragile_seen')} "
+            "(position BIGINT NOT NULL, event_type TEXT NOT NULL)"
+        ]
+
+    def apply_batch(self, tx: Tx, events: Sequence[tuple[int, Any]]) -> None:
+        for position, event in events:
+            if event_type_name(event) == DENIED:
+                raise ValueError("cannot handle denied accesses")
+            tx.execute(
+                f"INSERT INTO {self.t('fragile_seen')}(position, event_type) VALUES (?, ?)",  # noqa: S608
+                (position, event_type_name(event)),
+            )
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def write_events(
+    ledger: Ledger,
+    ctx: RequestContext,
+    *,
+    accounts: int = 3,
+    per_account: int = 20,
+    denied_at: int | None = None,
+    prefix: str = "acct",
+) -> None:
+    """Open ``accounts`` accounts with ``per_account`` access checks each, saved together.
+
+    With ``denied_at``, the first account's check number ``denied_at`` is refused (an
+    allowlist entry goes in first, so the account has one more event).
+    """
+    stamp = Stamp(ctx, ledger.clock.now())
+    batch = []
+    for a in range(accounts):
+        account = Account.open(f"{prefix}{a}", AccountKind.CUSTOMER, f"{prefix} {a}", stamp)
+        if a == 0 and denied_at is not None:
+            account.add_allowlist_entry("198.51.100.0/24", "office", stamp)
+        for i in range(per_account):
+            ip = "203.0.113.9" if (a == 0 and i == denied_at) else "198.51.100.10"
+            account.check_control_panel_access(ip, stamp)
+        batch.append(account)
+    ledger.save(*batch)
+
+
+def all_positions(ledger: Ledger) -> list[int]:
+    head = int(ledger.recorder.max_notification_id() or 0)
+    return [n.id for n in ledger.recorder.select_notifications(start=1, limit=head + 1)]
+
+
+def seen(db: ViewDB, table: str = "positions_seen") -> list[int]:
+    with db.reading() as tx:
+        rows = tx.query_all(f"SELECT position FROM {table}")  # noqa: S608
+    return sorted(int(r[0]) for r in rows)
+
+
+@pytest.fixture
+def view_db(settings: Settings) -> Iterator[ViewDB]:
+    db = open_view_db(settings, "positions")
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def test_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(VIEWS, "positions", PositionsView)
+    monkeypatch.setitem(VIEWS, "fragile", FragileView)
+
+
+# --- exactly once ------------------------------------------------------------------------
+
+
+def test_catching_up_again_and_after_a_restart_applies_nothing_twice(
+    ledger: Ledger, ctx: RequestContext, settings: Settings, view_db: ViewDB
+) -> None:
+    # given a follower that caught up, with a small batch size (several transactions)
+    write_events(ledger, ctx, accounts=4, per_account=30)
+    follower = Follower(ledger, PositionsView(), view_db, batch_size=7)
+    follower.catch_up()
+    # when it catches up again, and a fresh follower on a new connection does too
+    assert follower.catch_up() == 0
+    write_events(ledger, ctx, accounts=2, per_account=5, prefix="later")
+    other_db = open_view_db(settings, "positions")
+    try:
+        restarted = Follower(ledger, PositionsView(), other_db, batch_size=7)
+        applied = restarted.catch_up()
+    finally:
+        other_db.close()
+    # then every position is there exactly once
+    assert applied == 2 * 6
+    assert seen(view_db) == all_positions(ledger)
+    assert follower.status().lag == 0
+
+
+def test_two_followers_racing_on_one_view_apply_each_event_once(
+    ledger: Ledger, ctx: RequestContext, settings: Settings, view_db: ViewDB
+) -> None:
+    # given many events and two followers of the same view on separate connections
+    write_events(ledger, ctx, accounts=10, per_account=50)
+    other_db = open_view_db(settings, "positions")
+    followers = [
+        Follower(ledger, PositionsView(), view_db, batch_size=13),
+        Follower(ledger, PositionsView(), other_db, batch_size=13),
+    ]
+    errors: list[BaseException] = []
+
+    def follow(f: Follower) -> None:
+        try:
+            f.catch_up()
+        except BaseException as e:
+            errors.append(e)
+
+    # when both catch up at the same time (each re-delivers what the other applied)
+    threads = [threading.Thread(target=follow, args=(f,)) for f in followers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    other_db.close()
+    # then no position was applied twice and none is missing
+    assert errors == []
+    assert seen(view_db) == all_positions(ledger)
+
+
+def test_redelivered_batch_after_the_position_moved_writes_nothing(
+    ledger: Ledger, ctx: RequestContext, view_db: ViewDB
+) -> None:
+    # given a follower that has applied everything
+    write_events(ledger, ctx, accounts=2, per_account=5)
+    follower = Follower(ledger, PositionsView(), view_db)
+    follower.catch_up()
+    before = seen(view_db)
+    # when the first batch is delivered again from position 0 (a stale reader)
+    position = follower._advance("positions", 0, None, None, None)
+    # then it is refused by the position check, and nothing is duplicated
+    assert position == before[-1]
+    assert seen(view_db) == before
+
+
+# --- failure isolation -------------------------------------------------------------------
+
+
+def test_failing_view_stops_at_the_event_and_the_other_view_catches_up(
+    ledger: Ledger, ctx: RequestContext, settings: Settings, test_views: None
+) -> None:
+    # given events with one denied access in the middle
+    write_events(ledger, ctx, accounts=3, per_account=20, denied_at=7)
+    write_events(ledger, ctx, accounts=2, per_account=10, prefix="later")
+    head = all_positions(ledger)[-1]
+    denied = [
+        n.id
+        for n in ledger.recorder.select_notifications(start=1, limit=head)
+        if n.topic == "secstate." + DENIED
+    ]
+    assert len(denied) == 1
+    # when both views run to the head
+    with Runner(settings, ledger, ["positions", "fragile"], batch_size=50) as runner:
+        report = runner.run(once=True)
+    # then the fragile view stopped just before the bad event, naming it
+    by_name = {v.name: v for v in report.views}
+    fragile = by_name["fragile"]
+    assert fragile.failed_position == denied[0]
+    assert fragile.failed_event_type == DENIED
+    assert fragile.error is not None
+    assert f"position {denied[0]}" in fragile.error
+    assert DENIED in fragile.error
+    assert fragile.position == denied[0] - 1
+    # and everything before it was applied (the failing batch was split, not lost)
+    db = open_view_db(settings, "fragile")
+    try:
+        assert seen(db, "fragile_seen") == [p for p in all_positions(ledger) if p < denied[0]]
+    finally:
+        db.close()
+    # and the other view caught up fully
+    assert by_name["positions"].error is None
+    assert by_name["positions"].position == head
+    # and the status shows the stored error
+    status = view_status(settings, ledger, "fragile")
+    assert status.state == "failed"
+    assert status.last_error is not None
+    assert status.last_error.position == denied[0]
+    assert status.last_error.event_type == DENIED
+    assert view_status(settings, ledger, "positions").state == "caught up"
+
+
+def test_follower_raises_projection_failed_error_naming_position_and_type(
+    ledger: Ledger, ctx: RequestContext, settings: Settings
+) -> None:
+    # given a denied access at a known position
+    write_events(ledger, ctx, accounts=1, per_account=5, denied_at=2)
+    db = open_view_db(settings, "fragile")
+    try:
+        follower = Follower(ledger, FragileView(), db)
+        # when it catches up, then it raises naming position and type
+        with pytest.raises(ProjectionFailedError) as caught:
+            follower.catch_up()
+        assert caught.value.event_type == DENIED
+        assert caught.value.position == follower.position() + 1
+        error = follower.last_error()
+        assert error is not None
+        assert error.position == caught.value.position
+        assert "ValueError: cannot handle denied accesses" in error.message
+    finally:
+        db.close()
+
+
+# --- continuous running ------------------------------------------------------------------
+
+
+def test_runner_follows_new_events_until_stopped_and_keeps_its_position(
+    ledger: Ledger, ctx: RequestContext, settings: Settings, test_views: None
+) -> None:
+    # given a runner following continuously; PostgreSQL followers are woken by NOTIFY,
+    # so a poll interval far longer than the wait below shows the wake-up works there
+    poll = 60.0 if settings.uses_postgres else 0.05
+    write_events(ledger, ctx, accounts=2, per_account=5)
+    runner = Runner(settings, ledger, ["positions"], poll_interval=poll)
+    runner.open()
+    outcome: list[Any] = []
+    thread = threading.Thread(target=lambda: outcome.append(runner.run()))
+    thread.start()
+    try:
+        db = open_view_db(settings, "positions")
+        try:
+            assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
+            # when more events are written while it idles
+            write_events(ledger, ctx, accounts=3, per_account=4, prefix="more")
+            # then it applies them without being restarted
+            assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
+        finally:
+            db.close()
+    finally:
+        runner.stop()
+        thread.join()
+        runner.close()
+    # and stopping is clean: no error, position at the head
+    report = outcome[0]
+    assert report.interrupted
+    assert report.failed == []
+    assert report.views[0].position == all_positions(ledger)[-1]
+
+
+# --- rebuild -----------------------------------------------------------------------------
+
+
+def test_rebuild_keeps_the_old_rows_visible_until_the_swap_then_matches_incremental(
+    ledger: Ledger, ctx: RequestContext, settings: Settings, view_db: ViewDB
+) -> None:
+    # given a view built incrementally, then damaged so old and new content differ
+    write_events(ledger, ctx, accounts=5, per_account=40)
+    follower = Follower(ledger, PositionsView(), view_db, batch_size=25)
+    follower.catch_up()
+    incremental = seen(view_db)
+    with view_db.transaction() as tx:
+        tx.execute("DELETE FROM positions_seen WHERE position > ?", (incremental[10],))
+    damaged = seen(view_db)
+    reader = open_view_db(settings, "positions")
+    seen_during: list[list[int]] = []
+    try:
+        # when it is rebuilt, a reader looking on each batch
+        position = follower.rebuild(lambda done, total: seen_during.append(seen(reader)))
+        after = seen(reader)
+    finally:
+        reader.close()
+    # then readers saw the old (damaged) rows throughout, and the full rows after the swap
+    assert len(seen_during) > 2
+    assert all(rows == damaged for rows in seen_during)
+    assert position == incremental[-1]
+    assert after == incremental
+    # and following goes on from the swapped-in position without repeats
+    write_events(ledger, ctx, accounts=1, per_account=3, prefix="after")
+    follower.catch_up()
+    assert seen(view_db) == all_positions(ledger)
+
+
+def test_rebuild_while_the_runner_follows_ends_with_each_event_once(
+    ledger: Ledger, ctx: RequestContext, settings: Settings, test_views: None
+) -> None:
+    # given a runner following the view while events keep arriving
+    write_events(ledger, ctx, accounts=5, per_account=40)
+    runner = Runner(settings, ledger, ["positions"], batch_size=20, poll_interval=0.02)
+    runner.open()
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    db = open_view_db(settings, "positions")
+    try:
+        # when the view is rebuilt meanwhile, with more writes during the rebuild
+        writes = iter(range(3))
+
+        def write_more(done: int, total: int) -> None:
+            if next(writes, None) is not None:
+                write_events(ledger, ctx, accounts=1, per_account=10, prefix=f"w{done}x")
+
+        Follower(ledger, PositionsView(), db, batch_size=20).rebuild(write_more)
+        # then once the runner caught up, every event is there exactly once
+        assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
+    finally:
+        runner.stop()
+        thread.join()
+        runner.close()
+        db.close()

@@ -14,8 +14,8 @@ the replay stops at the first event after ``at`` inside the final range it scans
 Cost: one query for the aggregate's last event; if that is after ``at``, a binary search
 over the versions that are multiples of the snapshot interval (where the ledger keeps
 snapshots), one ``repository.get(id, version=...)`` that starts from that snapshot, and
-one ranged read of at most one interval of events, applied until the first one after
-``at``.
+reads of the events after that snapshot in pages of growing size, applied until the first
+one after ``at``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from domain.user import User
 from projections.state import Document, state_from_aggregates
 
 DEFAULT_INTERVAL = 100
+FIRST_PAGE = 16
 
 
 class BeforeAccountExistedError(SecStateError):
@@ -77,11 +78,17 @@ def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval
     base = lo * interval
 
     aggregate = ledger.repository.get(aggregate_id, version=base) if base else None
-    tail: Iterable[Any] = ledger.events.get(aggregate_id, gt=base, lte=min(base + interval, latest))
-    for event in tail:
-        if event.occurred_at > at:
-            break
-        aggregate = event.mutate(aggregate)
+    # Read on from the base in growing pages: the recorder fetches whole ranges, and
+    # the boundary is often near the start, so one big range would mostly be wasted.
+    gt, upper, page = base, min(base + interval, latest), FIRST_PAGE
+    while gt < upper:
+        lte = min(gt + page, upper)
+        events: Iterable[Any] = ledger.events.get(aggregate_id, gt=gt, lte=lte)
+        for event in events:
+            if event.occurred_at > at:
+                return aggregate
+            aggregate = event.mutate(aggregate)
+        gt, page = lte, page * 2
     return aggregate
 
 

@@ -6,8 +6,10 @@ Command groups live in sibling modules and register themselves on ``app`` below.
 
 from __future__ import annotations
 
+import functools
 import sys
 import traceback
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -54,6 +56,13 @@ def _register_groups() -> None:
 _register_groups()
 
 
+@functools.cache
+def _command() -> Any:
+    # Typer rebuilds its click command tree on every app() call (~0.1 s for all groups);
+    # build it once so in-process callers (the tests) can run many commands cheaply.
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     sys.exit(run(argv))
@@ -61,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(argv: list[str] | None = None) -> int:
     try:
-        result = app(args=argv, standalone_mode=False)
+        result = _command()(args=argv, standalone_mode=False)
     except typer.Abort:
         err_console.print("aborted")
         return 130

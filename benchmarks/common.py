@@ -2,8 +2,9 @@
 
 - ``fresh_store(backend)``: a store nobody else uses (SQLite in a temporary directory,
   or a new PostgreSQL schema dropped afterwards), with settings built like production's.
-- ``interleave(cases, repeat)``: runs the cases a, b, a, b, ... so a load spike from other
-  processes hits every case alike; report medians.
+- ``interleave(cases, repeat)`` runs the cases a, b, a, b, ...; ``interleave_chunks`` takes
+  turns in smaller chunks: a load spike from other processes then hits every case alike.
+  Report medians, and ratios of cases measured in the same round.
 - ``print_table`` prints a Markdown table (pasteable into docs/benchmarks.md).
 - ``save_results`` writes JSON to benchmarks/results/ (git-ignored).
 """
@@ -35,7 +36,7 @@ from eventsourcing.application import Application
 
 from domain.context import Clock
 from domain.ledger import Ledger
-from secstate.bootstrap import build_ledger, store_env
+from secstate.bootstrap import build_ledger, ensure_postgres_schema, store_env
 from secstate.settings import Settings
 
 POSTGRES_URL = os.environ.get(
@@ -111,6 +112,8 @@ def fresh_store(backend: str, **settings: Any) -> Iterator[Store]:
             values["database_url"] = f"{POSTGRES_URL}?schema={schema}"
         store = Store(backend, home, schema, Settings(**values))
         try:
+            if schema is not None:
+                ensure_postgres_schema(store.settings)
             yield store
         finally:
             store.close()
@@ -152,6 +155,35 @@ def interleave(
     for round_no in range(repeat):
         for name, case in cases.items():
             samples[name].append(case(round_no))
+        if on_round:
+            on_round(round_no)
+    return samples
+
+
+def interleave_chunks(
+    cases: dict[str, Callable[[int, int, int], float]],
+    repeat: int,
+    items: int,
+    chunk: int,
+    on_round: Callable[[int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Rates (items/s) per case per round, the cases taking turns chunk by chunk.
+
+    ``case(round_no, start, stop)`` handles items [start, stop) and returns the seconds it
+    spent. Finer turns than whole rounds pair the cases under the same background load;
+    the order of the cases rotates from chunk to chunk so none always goes first.
+    """
+    names = list(cases)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_no in range(repeat):
+        spent = dict.fromkeys(names, 0.0)
+        for turn, start in enumerate(range(0, items, chunk)):
+            stop = min(items, start + chunk)
+            for k in range(len(names)):
+                name = names[(turn + k) % len(names)]
+                spent[name] += cases[name](round_no, start, stop)
+        for name in names:
+            samples[name].append(items / spent[name])
         if on_round:
             on_round(round_no)
     return samples

@@ -1,0 +1,363 @@
+"""``secstate state`` and ``secstate history``: an account's security state, now or at a
+past moment, and the investigator's replay of what changed it.
+
+``state ACCOUNT`` reads the state view, caught up with the ledger first (or, with
+``--no-catch-up``, as it stands, saying how far behind the log it is). ``state ACCOUNT
+--at TIME`` and ``history`` replay the event store itself and need no view.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Group
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from rich.text import Text
+
+from domain.errors import InvalidCommandError
+from projections.base import Follower, FollowerStatus
+from projections.history import HistoryEntry, SubjectKind, history
+from projections.pointintime import as_utc, state_at
+from projections.state import Document, StateView
+from secstate.bootstrap import open_view_db
+from secstate.cli.common import STATE, JsonOption, console, err_console, print_json
+
+# Below this many events behind, catching up is quick enough to need no progress bar.
+PROGRESS_THRESHOLD = 5000
+TIME_EXAMPLE = "2026-03-01T09:00:00Z"
+
+# Control characters (an escape sequence in a label, say) shown as \xNN, never emitted.
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def parse_time(text: str, option: str, command: str) -> datetime:
+    """ISO 8601; a time without offset is UTC. Bad text is refused naming the option."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidCommandError(
+            command, [f"{option}: {text!r} is not an ISO 8601 time (e.g. {TIME_EXAMPLE})"]
+        ) from None
+    return as_utc(moment)
+
+
+def cell(value: Any) -> Text:
+    """Table cell text: no rich markup interpreted, control characters escaped."""
+    if value is None:
+        return Text("-")
+    if isinstance(value, bool):
+        return Text("yes" if value else "no")
+    if isinstance(value, list):
+        return Text(", ".join(str(v) for v in value).translate(_CONTROL) or "-")
+    return Text(str(value).translate(_CONTROL))
+
+
+def short_time(value: str | None) -> str | None:
+    """``2026-03-01 09:00:00Z`` from the document's ISO times (UTC throughout)."""
+    if value is None:
+        return None
+    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(cell(v) for v in row))
+    return table
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+def catch_up_state(follower: Follower) -> None:
+    """Bring the view up to the ledger's head; a progress bar on stderr if far behind."""
+    lag = follower.status().lag
+    if lag < PROGRESS_THRESHOLD:
+        follower.catch_up()
+        return
+    with Progress(
+        TextColumn("state: applying events"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        start = follower.position()
+        task = bar.add_task("catch-up", total=lag)
+        follower.catch_up(
+            progress=lambda position, target: bar.update(
+                task, completed=position - start, total=target - start
+            )
+        )
+
+
+def read_view(account: str, catch_up: bool) -> tuple[Document, FollowerStatus]:
+    db = open_view_db(STATE.settings, StateView.name)
+    try:
+        view = StateView(db)
+        follower = Follower(STATE.ledger, view, db)
+        if catch_up:
+            catch_up_state(follower)
+        status = follower.status()
+        return view.get_account_state(account, datetime.now(UTC)), status
+    finally:
+        db.close()
+
+
+def source_line(source: dict[str, Any]) -> str:
+    if source["kind"] == "event_store":
+        return f"replayed from the event store as of {source['at']}"
+    behind = source["head"] - source["position"]
+    if behind <= 0:
+        return f"state view at log position {source['position']} (up to date)"
+    return (
+        f"state view at log position {source['position']} of {source['head']}: "
+        f"{behind} event(s) behind, not shown"
+    )
+
+
+def render_state(doc: Document, source: dict[str, Any]) -> None:
+    account = doc["account"]
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    for label, value in (
+        ("account", account["name"]),
+        ("kind", account["kind"]),
+        ("display name", account["display_name"]),
+        ("opened at", short_time(account["opened_at"])),
+        ("2FA required", account["two_factor_required"]),
+        ("as of", short_time(doc["as_of"])),
+        ("source", source_line(source)),
+    ):
+        facts.add_row(label, cell(value))
+    console.print(Panel(facts, title=Text(f"security state of {account['name']}")))
+
+    users = [
+        [
+            u["username"],
+            u["role"],
+            u["status"],
+            u["email"],
+            u["password_age_days"],
+            [f"{f['kind']} ({f['label']})" for f in u["second_factors"]]
+            + [f"{f['kind']} ({f['label']}, pending)" for f in u["pending_enrolments"]],
+            u["recovery_codes_left"],
+            u["failed_logins"],
+            f"{short_time(u['last_login_at'])} from {u['last_login_ip'] or '?'}"
+            if u["last_login_at"]
+            else None,
+            f"{u['reset_reason']} ({u['reset_campaign_id'] or 'no campaign'})"
+            if u["reset_required"]
+            else None,
+        ]
+        for u in doc["users"]
+    ]
+    keys = [
+        [
+            k["key_id"],
+            k["name"],
+            k["scopes"],
+            k["display"],
+            k["created_by"],
+            short_time(k["created_at"]),
+            "active",
+        ]
+        for k in doc["api_keys"]
+    ] + [
+        [
+            k["key_id"],
+            k["name"],
+            k["scopes"],
+            k["display"],
+            k["created_by"],
+            short_time(k["created_at"]),
+            f"revoked {short_time(k['revoked_at'])} by {k['revoked_by']}: {k['revoke_reason']}",
+        ]
+        for k in doc["revoked_api_keys"]
+    ]
+    allowlist = [
+        [e["entry_id"], e["cidr"], e["label"], e["added_by"], short_time(e["added_at"])]
+        for e in doc["allowlist"]
+    ]
+    dkim = [
+        [
+            k["domain"],
+            k["selector"],
+            k["algorithm"],
+            k["state"],
+            k["public_key_sha256"][:16] + "…",
+            short_time(k["generated_at"]),
+            short_time(k["activated_at"]),
+            short_time(k["retired_at"]),
+        ]
+        for k in doc["dkim_keys"]
+    ]
+    console.print(
+        Group(
+            _table(
+                f"users ({len(users)})",
+                [
+                    "user",
+                    "role",
+                    "status",
+                    "email",
+                    "pw age (d)",
+                    "2FA",
+                    "codes",
+                    "failed",
+                    "last login",
+                    "reset",
+                ],
+                users,
+            ),
+            _table(
+                f"API keys ({len(doc['api_keys'])} active, {len(doc['revoked_api_keys'])} revoked)",
+                ["key id", "name", "scopes", "display", "created by", "created", "status"],
+                keys,
+            ),
+            _table(
+                f"allowlist ({len(allowlist)})"
+                + ("" if allowlist else ": empty, every IP may enter the control panel"),
+                ["entry", "cidr", "label", "added by", "added"],
+                allowlist,
+            ),
+            _table(
+                f"DKIM keys ({len(dkim)})",
+                [
+                    "domain",
+                    "selector",
+                    "algorithm",
+                    "state",
+                    "public key sha256",
+                    "generated",
+                    "activated",
+                    "retired",
+                ],
+                dkim,
+            ),
+        )
+    )
+
+
+def state_command(
+    account: Annotated[str, typer.Argument(help="Account name.")],
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            help=f"Show the state as it was at this ISO 8601 time (e.g. {TIME_EXAMPLE}; "
+            "no offset means UTC), replayed from the event store.",
+        ),
+    ] = None,
+    no_catch_up: Annotated[
+        bool,
+        typer.Option(
+            "--no-catch-up",
+            help="Read the view as it stands, without applying new events first; "
+            "says how far behind the log it is.",
+        ),
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Show an account's security state: users, 2FA, API keys, allowlist, DKIM keys."""
+    source: dict[str, Any]
+    if at is not None:
+        moment = parse_time(at, "--at", "state")
+        doc = state_at(STATE.ledger, account, moment)
+        source = {"kind": "event_store", "at": moment.isoformat()}
+    else:
+        doc, status = read_view(account, catch_up=not no_catch_up)
+        source = {"kind": "view", "position": status.position, "head": status.head}
+    if json_out:
+        print_json({**doc, "source": source})
+        return
+    render_state(doc, source)
+
+
+# --- history -------------------------------------------------------------------------------
+
+
+def render_history(kind: SubjectKind, name: str, entries: list[HistoryEntry]) -> None:
+    table = Table(
+        title=f"history of {kind} {name} ({len(entries)} events)",
+        title_justify="left",
+        show_lines=True,
+    )
+    for column in ("occurred at (UTC)", "subject", "v", "event", "actor", "ip", "changes"):
+        table.add_column(column, overflow="fold")
+    for e in entries:
+        changes = e.changes or ["(no change to the security state)"]
+        if not e.changes and e.details:
+            changes = [", ".join(f"{k}={v}" for k, v in e.details.items() if v is not None)]
+        table.add_row(
+            cell(e.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")),
+            cell(e.subject),
+            cell(e.version),
+            cell(e.type),
+            cell(e.actor),
+            cell(e.source_ip),
+            Text("\n".join(line.translate(_CONTROL) for line in changes)),
+        )
+    console.print(table)
+
+
+def history_command(
+    ref: Annotated[str, typer.Argument(metavar="ACCOUNT|USER", help="Account name or username.")],
+    since: Annotated[
+        str | None, typer.Option("--since", help="Only events at or after this ISO 8601 time.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="Only events at or before this ISO 8601 time.")
+    ] = None,
+    as_user: Annotated[
+        bool, typer.Option("--user", help="Treat the argument as a username.")
+    ] = False,
+    as_account: Annotated[
+        bool, typer.Option("--account", help="Treat the argument as an account name.")
+    ] = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Replay every event of an account and its users (or of one user), with what it changed."""
+    problems = []
+    if as_user and as_account:
+        problems.append("--user and --account exclude each other")
+    start = end = None
+    try:
+        start = parse_time(since, "--since", "history") if since else None
+    except InvalidCommandError as e:
+        problems += e.problems
+    try:
+        end = parse_time(until, "--until", "history") if until else None
+    except InvalidCommandError as e:
+        problems += e.problems
+    if start and end and start > end:
+        problems.append(f"--since ({start.isoformat()}) is after --until ({end.isoformat()})")
+    if problems:
+        raise InvalidCommandError("history", problems)
+    force: SubjectKind | None = "user" if as_user else "account" if as_account else None
+    kind, entries = history(STATE.ledger, ref, start, end, force)
+    if json_out:
+        print_json(
+            {
+                "subject_kind": kind,
+                "subject": ref,
+                "since": start.isoformat() if start else None,
+                "until": end.isoformat() if end else None,
+                "entries": [e.to_json() for e in entries],
+            }
+        )
+        return
+    render_history(kind, ref, entries)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("state")(state_command)
+    app.command("history")(history_command)

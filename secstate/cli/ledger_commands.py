@@ -691,8 +691,8 @@ def apikey_create(
     )
     issued = STATE.ledger.create_api_key(command, STATE.request_context())
     warn(
-        "warning: the token below is shown only now; secstate stores only its hash. "
-        "Keep it in a secret store."
+        "warning: this token is shown only now and is not stored (secstate keeps only its "
+        "hash); put it in a secret store"
     )
     if json_out:
         print_json(

@@ -35,22 +35,21 @@ DENIED = "Account.ControlPanelAccessDenied"
 
 
 class PositionsView(View):
-    """One row per applied event: (position, event type)."""
+    """One row per applied event: (position, event type), in its one table."""
 
     name = "positions"
     tables = ("positions_seen",)
 
     def ddl(self, dialect: Dialect) -> list[str]:
+        table = self.t(self.tables[0])
         return [
-            f"CREATE TABLE {self.t('positions_seen')} "
-            "(position BIGINT NOT NULL, event_type TEXT NOT NULL)",
-            f"CREATE INDEX {self.i('positions_seen_position')} "
-            f"ON {self.t('positions_seen')} (position)",
+            f"CREATE TABLE {table} (position BIGINT NOT NULL, event_type TEXT NOT NULL)",
+            f"CREATE INDEX {self.i(self.tables[0] + '_position')} ON {table} (position)",
         ]
 
     def apply_batch(self, tx: Tx, events: Sequence[tuple[int, Any]]) -> None:
         tx.executemany(
-            f"INSERT INTO {self.t('positions_seen')}(position, event_type) VALUES (?, ?)",  # noqa: S608
+            f"INSERT INTO {self.t(self.tables[0])}(position, event_type) VALUES (?, ?)",  # noqa: S608
             [(position, event_type_name(event)) for position, event in events],
         )
 
@@ -60,12 +59,6 @@ class FragileView(PositionsView):
 
     name = "fragile"
     tables = ("fragile_seen",)
-
-    def ddl(self, dialect: Dialect) -> list[str]:
-        return [
-            f"CREATE TABLE {self.t('fragile_seen')} "
-            "(position BIGINT NOT NULL, event_type TEXT NOT NULL)"
-        ]
 
     def apply_batch(self, tx: Tx, events: Sequence[tuple[int, Any]]) -> None:
         for position, event in events:

@@ -30,9 +30,12 @@ import pytest
 from conftest import POSTGRES_URL, make_settings, postgres_problem
 
 from domain import commands as c
+from domain.account import Account
 from domain.context import RequestContext, SystemClock
 from domain.ledger import Ledger
 from domain.secrets import ApiKeyCodec, totp_code_at_step, totp_step
+from domain.user import totp_aad
+from domain.values import AccountKind
 from secstate.bootstrap import build_ledger
 from secstate.cli import run
 from secstate.cli.common import STATE
@@ -704,16 +707,13 @@ def test_root_options_do_not_leak_into_the_next_invocation(cli: Cli) -> None:
     # when: the next run gives neither
     second = open_account(cli)
     # then
-    events = cli.store.ledger.recorder.select_notifications(start=1, limit=1_000_000)
-    by_name = {}
-    for notification in events:
-        event = cli.store.ledger.mapper.to_domain_event(notification)
-        if type(event).__name__ == "Opened" and getattr(event, "name", None) in (first, second):
-            by_name[event.name] = event
-    assert (by_name[first].actor_kind, by_name[first].actor_id) == ("staff", "alice")
-    assert by_name[first].source_ip == "192.0.2.7"
-    assert (by_name[second].actor_kind, by_name[second].actor_id) == ("system", "cli")
-    assert by_name[second].source_ip is None
+    opened = {}
+    for name in (first, second):
+        event = next(iter(cli.store.ledger.events.get(Account.create_id(name))))
+        assert isinstance(event, Account.Opened)
+        opened[name] = (event.actor_kind, event.actor_id, event.source_ip)
+    assert opened[first] == ("staff", "alice", "192.0.2.7")
+    assert opened[second] == ("system", "cli", None)
 
 
 # --- bad input for every command ------------------------------------------------------------------
@@ -739,7 +739,7 @@ def make_world(ledger: Ledger) -> World:
     account, staff = fresh("world"), fresh("staff")
     owner, disabled, employee = fresh("owner"), fresh("gone"), fresh("emp")
     ledger.open_account(c.OpenAccount(name=account), ctx)
-    ledger.open_account(c.OpenAccount(name=staff, kind="staff"), ctx)
+    ledger.open_account(c.OpenAccount(name=staff, kind=AccountKind.STAFF), ctx)
     for username, acct, role in (
         (owner, account, "owner"),
         (disabled, account, "teammate"),
@@ -798,8 +798,6 @@ def wrong_totp_code(world: World, ledger: Ledger) -> str:
     """A well-formed code that matches none of the steps the ledger accepts now."""
     user = ledger.get_user(world.owner)
     factor = user.factors[world.pending_factor]
-    from domain.user import totp_aad
-
     seed = ledger.keyring.open(factor.sealed_secret, totp_aad(user.id, factor.factor_id)).decode()
     accepted = {current_totp(seed, offset) for offset in (-2, -1, 0, 1, 2)}
     return next(code for code in (f"{n:06d}" for n in range(1000)) if code not in accepted)
@@ -1251,10 +1249,10 @@ def run_script(store: Store, *args: str, stdin: str = "") -> Result:
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
-def test_console_script_registers_and_logs_in_with_piped_passwords(store: Store) -> None:
+def test_console_script_registers_and_logs_in_with_piped_passwords(cli: Cli) -> None:
     # given
-    account, username = fresh("proc"), fresh("proc")
-    assert run_script(store, "account", "open", account).code == 0
+    store = cli.store
+    account, username = open_account(cli), fresh("proc")
     # when
     registered = run_script(
         store,
@@ -1290,10 +1288,9 @@ def test_console_script_refuses_bad_input_with_one_line_and_no_traceback(store: 
     assert store.events() == before
 
 
-def test_console_script_pipes_a_new_api_key_into_verify(store: Store) -> None:
+def test_console_script_pipes_a_new_api_key_into_verify(cli: Cli) -> None:
     # given
-    account = fresh("proc")
-    assert run_script(store, "account", "open", account).code == 0
+    store, account = cli.store, open_account(cli)
     created = run_script(store, "apikey", "create", account, "--name", "ci", "--scope", "send")
     assert created.code == 0, created.err
     token = created.out.split("token:")[1].split()[0]
@@ -1307,10 +1304,9 @@ def test_console_script_pipes_a_new_api_key_into_verify(store: Store) -> None:
     assert_refusal(tampered, ["checksum does not match"])
 
 
-def test_password_prompt_on_a_terminal_does_not_echo(store: Store) -> None:
+def test_password_prompt_on_a_terminal_does_not_echo(cli: Cli) -> None:
     # given: the console script on a pseudo-terminal, as a person would run it
-    account, username = fresh("tty"), fresh("tty")
-    assert run_script(store, "account", "open", account).code == 0
+    store, account, username = cli.store, open_account(cli), fresh("tty")
     argv = [str(SECSTATE_BIN), "user", "register", account, username, "--email", "t@example.com"]
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec at once, nothing else
@@ -1344,7 +1340,22 @@ def test_password_prompt_on_a_terminal_does_not_echo(store: Store) -> None:
     # then: it was accepted and never shown
     assert os.waitstatus_to_exitcode(status) == 0, bytes(transcript)
     assert PASSWORD.encode() not in transcript
-    assert (
-        run_script(store, "user", "login", username, "--password-stdin", stdin=PASSWORD + "\n").code
-        == 0
-    )
+    cli.ok("user", "login", username, "--password-stdin", stdin=PASSWORD + "\n")
+
+
+def test_help_lists_every_command_group_and_no_secret_option(cli: Cli) -> None:
+    # when
+    top = cli.ok("--help")
+    helps = {group: cli.ok(group, "--help").out for group in ("user", "password", "apikey")}
+    login = cli.ok("user", "login", "--help").out
+    # then: passwords have no option of their own, only --password-stdin
+    for group in ("account", "user", "password", "apikey", "totp", "recovery-codes"):
+        assert group in top.out
+    for group in ("allowlist", "access", "dkim", "staff"):
+        assert group in top.out
+    assert "register" in helps["user"]
+    assert "reset-campaign" in helps["password"]
+    assert "verify" in helps["apikey"]
+    assert "--password-stdin" in login
+    assert "--password " not in login
+    assert "--recovery-code-stdin" in login

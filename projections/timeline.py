@@ -1,0 +1,472 @@
+"""The forensic timeline: one row per ledger event, indexed for investigators' filters.
+
+Each row keeps who (actor), from where (source IP, user agent, request id), when
+(occurred and recorded, as integer microseconds since the epoch), about whom (account,
+user) and what (event type, a one-line summary, public details). Secret-bearing fields
+never reach a row: they are dropped by name before anything is serialised.
+
+Source IPs are also stored as 16 big-endian bytes (IPv4 as IPv4-mapped IPv6), so one
+index answers CIDR queries for both families as a byte range on SQLite and PostgreSQL.
+
+Staff access to internal systems names the customer accounts whose data was touched;
+those go to a side table so a query for an account also finds staff reads of its data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import operator
+import re
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+from projections.base import (
+    TRUSTED_TOPIC_PREFIX,
+    Dialect,
+    ProjectionFailedError,
+    Tx,
+    View,
+    ViewDB,
+    event_type_name,
+)
+from projections.summaries import Names, Summariser, summariser_for
+
+TIMELINE = "timeline"
+TOUCH = "timeline_touch"
+IDS = "timeline_ids"
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_US = timedelta(microseconds=1)
+
+# Context fields are columns of their own; library bookkeeping is not a detail.
+_COLUMN_FIELDS = frozenset(
+    {
+        "originator_id",
+        "originator_version",
+        "originator_topic",
+        "timestamp",
+        "actor_kind",
+        "actor_id",
+        "source_ip",
+        "user_agent",
+        "request_id",
+        "occurred_at",
+    }
+)
+# Known secret-bearing fields, plus a name pattern so a secret field added later to some
+# event is dropped too rather than published by default.
+SECRET_FIELDS = frozenset(
+    {"password_hash", "secret_hash", "sealed_seed", "sealed_private_key", "code_hashes"}
+)
+_SECRET_NAME = re.compile(r"hash|sealed|secret|private|password|token|seed|passphrase")
+# Public facts derived from a dropped secret field: how many, never what.
+_DERIVED: dict[str, tuple[str, Callable[[Any], Any]]] = {"code_hashes": ("code_count", len)}
+
+_encode_json = json.JSONEncoder(
+    default=str, separators=(",", ":"), ensure_ascii=False, sort_keys=True
+).encode
+
+
+def is_secret_field(name: str) -> bool:
+    return name in SECRET_FIELDS or _SECRET_NAME.search(name) is not None
+
+
+_V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
+
+
+def ip_to_bytes(ip: str) -> bytes:
+    """16 big-endian bytes; IPv4 as IPv4-mapped IPv6 (``::ffff:a.b.c.d``) so both sort together.
+
+    Raises ValueError for text that is not an IP address.
+    """
+    try:
+        if ":" in ip:
+            return socket.inet_pton(socket.AF_INET6, ip)
+        return _V4_MAPPED + socket.inet_pton(socket.AF_INET, ip)
+    except OSError:
+        pass
+    addr = ipaddress.ip_address(ip)  # the slow path: scoped IPv6 and other rarities
+    return _V4_MAPPED + addr.packed if addr.version == 4 else addr.packed
+
+
+def to_micros(moment: datetime) -> int:
+    """Microseconds since the epoch; a naive datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - EPOCH) // ONE_US
+
+
+def from_micros(micros: int) -> datetime:
+    return EPOCH + timedelta(microseconds=micros)
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """What the view needs to know about one event class, computed once per class."""
+
+    type_name: str
+    family: str  # "Account", "User", "ApiKeyIndex" or another aggregate's name
+    keep: tuple[str, ...]
+    derived: tuple[tuple[str, str, Callable[[Any], Any]], ...]
+    summarise: Summariser
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    json_cache: dict[tuple[Any, ...], str] = dataclasses.field(default_factory=dict, compare=False)
+
+
+# Events that name something (an account, a user, an API key): always go the slow way.
+_NAMING_TYPES = frozenset({"User.Registered", "Account.Opened", "Account.ApiKeyCreated"})
+
+
+def _spec_for(cls: type) -> _Spec:
+    type_name = event_type_name_of(cls)
+    family = type_name.partition(".")[0]
+    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+    keep = tuple(n for n in names if n not in _COLUMN_FIELDS and not is_secret_field(n))
+    derived = tuple((n, *_DERIVED[n]) for n in names if n in _DERIVED)
+    values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    if not keep:
+        values = lambda data: ()  # noqa: E731
+    elif len(keep) == 1:
+        only = keep[0]
+        values = lambda data: (data[only],)  # noqa: E731 - itemgetter of one key is no tuple
+    else:
+        values = operator.itemgetter(*keep)
+    return _Spec(type_name, family, keep, derived, summariser_for(type_name), values)
+
+
+def event_type_name_of(cls: type) -> str:
+    topic: str = getattr(cls, "TOPIC", cls.__qualname__)
+    return topic.removeprefix(TRUSTED_TOPIC_PREFIX)
+
+
+INSERT_COLUMNS = (
+    "position",
+    "occurred_us",
+    "recorded_us",
+    "event_type",
+    "account",
+    "account_id",
+    "username",
+    "actor_kind",
+    "actor_id",
+    "source_ip",
+    "ip_bytes",
+    "user_agent",
+    "request_id",
+    "summary",
+    "details",
+    "aggregate_id",
+    "version",
+)
+
+
+# Name -> definition on the timeline table. Partial indexes: rows without the column
+# cost nothing to write, and ``col = ?`` implies ``col IS NOT NULL`` on both databases.
+TIMELINE_INDEXES: dict[str, str] = {
+    "tl_account": "(account, position) WHERE account IS NOT NULL",
+    "tl_username": "(username, position) WHERE username IS NOT NULL",
+    "tl_actor": "(actor_kind, actor_id, position)",
+    "tl_ip": "(ip_bytes, position) WHERE ip_bytes IS NOT NULL",
+    "tl_type": "(event_type, occurred_us)",
+    "tl_occurred": "(occurred_us)",
+}
+# A batch shorter than this means the follower has caught up with the log's head.
+INDEX_WHEN_BATCH_BELOW = 1000
+
+
+class TimelineView(View):
+    """One row per event, every filter an investigator needs backed by an index."""
+
+    name: ClassVar[str] = "timeline"
+    tables: ClassVar[tuple[str, ...]] = (TIMELINE, TOUCH, IDS)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._specs: dict[type, _Spec] = {}
+        # id -> (name, account id): accounts, users and API keys by their ids. Names of a
+        # given id never change (ids derive from names), so this cache never goes stale.
+        self._names: dict[str, tuple[str, str | None] | None] = {}
+        self._ip_bytes: dict[str, bytes] = {}
+        # Aggregate (UUID as int) -> (aggregate id, username, account id, account name).
+        self._subjects: dict[int, tuple[str, str | None, str | None, str | None]] = {}
+
+    # --- schema -----------------------------------------------------------------------
+    # The timeline's secondary indexes are not in ``ddl``: a fresh build (first catch-up,
+    # or a rebuild's shadow tables) fills the bare table and indexes it once it reaches
+    # the head, which at a million rows is ~8x faster than maintaining six indexes row by
+    # row. ``apply_batch`` creates missing ones on any short batch (the follower is at the
+    # head); ``ensure_indexes`` does it on demand (the CLI calls it before querying).
+
+    def ddl(self, dialect: Dialect) -> list[str]:
+        t, touch, ids, i = self.t(TIMELINE), self.t(TOUCH), self.t(IDS), self.i
+        # SQLite: the rowid itself. PostgreSQL: a named constraint, because a renamed
+        # table keeps its constraint names and the next rebuild would reuse the default.
+        pk = "INTEGER PRIMARY KEY" if dialect == "sqlite" else "BIGINT NOT NULL"
+        pk_constraint = (
+            "" if dialect == "sqlite" else f",\n CONSTRAINT {i('tl_pk')} PRIMARY KEY (position)"
+        )
+        big = "INTEGER" if dialect == "sqlite" else "BIGINT"
+        blob = "BLOB" if dialect == "sqlite" else "BYTEA"
+        return [
+            f"""CREATE TABLE {t} (
+                position {pk},
+                occurred_us {big} NOT NULL,
+                recorded_us {big} NOT NULL,
+                event_type TEXT NOT NULL,
+                account TEXT,
+                account_id TEXT,
+                username TEXT,
+                actor_kind TEXT NOT NULL,
+                actor_id TEXT NOT NULL,
+                source_ip TEXT,
+                ip_bytes {blob},
+                user_agent TEXT,
+                request_id TEXT,
+                summary TEXT NOT NULL,
+                details TEXT NOT NULL,
+                aggregate_id TEXT NOT NULL,
+                version {big} NOT NULL{pk_constraint}
+            )""",
+            f"""CREATE TABLE {touch} (
+                position {big} NOT NULL,
+                account TEXT NOT NULL,
+                CONSTRAINT {i("tl_touch_pk")} PRIMARY KEY (position, account)
+            )""",
+            f"CREATE INDEX {i('tl_touch_account')} ON {touch} (account, position)",
+            f"""CREATE TABLE {ids} (
+                id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                account_id TEXT,
+                CONSTRAINT {i("tl_ids_pk")} PRIMARY KEY (id)
+            )""",
+            f"CREATE INDEX {i('tl_ids_name')} ON {ids} (kind, name)",
+        ]
+
+    def missing_indexes(self, tx: Tx) -> list[str]:
+        """Names of the timeline indexes the (current) table lacks."""
+        table = self.t(TIMELINE)
+        if tx.dialect == "sqlite":
+            rows = tx.query_all(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)
+            )
+        else:
+            rows = tx.query_all(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+                "AND tablename = ?",
+                (table,),
+            )
+        present = [str(r[0]) for r in rows]
+        # Index names carry a per-build token (see View.i), so match on the prefix.
+        return [
+            name for name in TIMELINE_INDEXES if not any(p.startswith(name + "_") for p in present)
+        ]
+
+    def create_missing_indexes(self, tx: Tx) -> list[str]:
+        missing = self.missing_indexes(tx)
+        for name in missing:
+            tx.execute(
+                f"CREATE INDEX {self.i(name)} ON {self.t(TIMELINE)} {TIMELINE_INDEXES[name]}"
+            )
+        return missing
+
+    def ensure_indexes(self, db: ViewDB) -> list[str]:
+        """Create whatever index the live timeline lacks; returns the names created."""
+        self.suffix = ""
+        with db.reading() as tx:
+            if not self.missing_indexes(tx):
+                return []
+        with db.transaction() as tx:
+            return self.create_missing_indexes(tx)
+
+    # --- applying events --------------------------------------------------------------
+
+    def apply_batch(self, tx: Tx, events: Sequence[tuple[int, Any]]) -> None:
+        rows: list[tuple[Any, ...]] = []
+        touches: list[tuple[int, str]] = []
+        new_ids: list[tuple[str, str, str, str | None]] = []
+        for position, event in events:
+            spec = self._specs.get(type(event))
+            if spec is None:
+                spec = self._specs[type(event)] = _spec_for(type(event))
+            try:
+                rows.append(self._row(tx, position, event, spec, touches, new_ids))
+            except Exception as e:
+                raise ProjectionFailedError(self.name, position, spec.type_name, e) from e
+        if new_ids:
+            tx.executemany(
+                f"INSERT INTO {self.t(IDS)} (id, kind, name, account_id) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (id) DO NOTHING",
+                new_ids,
+            )
+        tx.executemany(
+            f"INSERT INTO {self.t(TIMELINE)} ({', '.join(INSERT_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(INSERT_COLUMNS))})",
+            rows,
+        )
+        if touches:
+            tx.executemany(
+                f"INSERT INTO {self.t(TOUCH)} (position, account) VALUES (?, ?)", touches
+            )
+        if len(events) < INDEX_WHEN_BATCH_BELOW:
+            self.create_missing_indexes(tx)
+
+    def _row(
+        self,
+        tx: Tx,
+        position: int,
+        event: Any,
+        spec: _Spec,
+        touches: list[tuple[int, str]],
+        new_ids: list[tuple[str, str, str, str | None]],
+    ) -> tuple[Any, ...]:
+        # Hot path (millions of events on a rebuild): one cache hit gives the subject.
+        data = event.__dict__
+        type_name = spec.type_name
+        subject = self._subjects.get(event.originator_id.int)
+        if subject is None or type_name in _NAMING_TYPES:
+            subject = self._subject(tx, event, spec, new_ids)
+        aggregate_id, username, account_id, account = subject
+
+        key_name = None
+        if type_name == "Account.MemberAdded":
+            username = event.username
+        elif type_name == "Account.ApiKeyRevoked":
+            known = self._lookup(tx, event.key_id)
+            key_name = known[0] if known else None
+        elif type_name == "User.InternalSystemAccessed":
+            touches.extend((position, a) for a in event.customer_accounts if a != account)
+
+        ip = data["source_ip"]
+        if ip:
+            ip_bytes = self._ip_bytes.get(ip)
+            if ip_bytes is None:
+                if len(self._ip_bytes) > 100_000:
+                    self._ip_bytes.clear()
+                ip_bytes = self._ip_bytes[ip] = ip_to_bytes(ip)
+        else:
+            ip_bytes = None
+
+        try:
+            occurred_us = (data["occurred_at"] - EPOCH) // ONE_US
+            recorded_us = (data["timestamp"] - EPOCH) // ONE_US
+        except TypeError:  # naive datetimes: taken as UTC
+            occurred_us, recorded_us = to_micros(data["occurred_at"]), to_micros(data["timestamp"])
+
+        return (
+            position,
+            occurred_us,
+            recorded_us,
+            type_name,
+            account,
+            account_id,
+            username,
+            data["actor_kind"],
+            data["actor_id"],
+            ip,
+            ip_bytes,
+            data["user_agent"],
+            data["request_id"],
+            spec.summarise(event, Names(account, username, key_name)),
+            self._details(data, spec),
+            aggregate_id,
+            data["originator_version"],
+        )
+
+    def _details(self, data: dict[str, Any], spec: _Spec) -> str:
+        """Public fields as JSON; repeated value combinations are encoded once."""
+        if not spec.keep and not spec.derived:
+            return "{}"
+        values = spec.values(data)
+        try:
+            return spec.json_cache[values]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable values (lists): encode every time
+            values = ()
+        details = dict(zip(spec.keep, (data[k] for k in spec.keep), strict=True))
+        for field, derived_name, derive in spec.derived:
+            details[derived_name] = derive(data[field])
+        text = _encode_json(details)
+        if values and not spec.derived:
+            if len(spec.json_cache) > 4096:
+                spec.json_cache.clear()
+            spec.json_cache[values] = text
+        return text
+
+    def _subject(
+        self, tx: Tx, event: Any, spec: _Spec, new_ids: list[tuple[str, str, str, str | None]]
+    ) -> tuple[str, str | None, str | None, str | None]:
+        """(aggregate id, username, account id, account name) of the event's aggregate,
+        learning names from the events that introduce them."""
+        aggregate_id = str(event.originator_id)
+        type_name = spec.type_name
+        username = account_id = account = None
+        if spec.family == "User":
+            if type_name == "User.Registered":
+                username, account_id = event.username, str(event.account_id)
+                self._remember(new_ids, aggregate_id, "user", event.username, account_id)
+            else:
+                known = self._lookup(tx, aggregate_id)
+                if known is not None:
+                    username, account_id = known
+            if account_id is not None:
+                account = self._account_name(tx, account_id)
+        elif spec.family == "Account":
+            account_id = aggregate_id
+            if type_name == "Account.Opened":
+                account = event.name
+                self._remember(new_ids, aggregate_id, "account", event.name, None)
+            else:
+                account = self._account_name(tx, account_id)
+            if type_name == "Account.ApiKeyCreated":
+                self._remember(new_ids, event.key_id, "api_key", event.name, account_id)
+        elif spec.family == "ApiKeyIndex":
+            account_id = str(event.account_id)
+            account = self._account_name(tx, account_id)
+        subject = (aggregate_id, username, account_id, account)
+        if len(self._subjects) > 200_000:
+            self._subjects.clear()
+        self._subjects[event.originator_id.int] = subject
+        return subject
+
+    # --- names ------------------------------------------------------------------------
+
+    def _remember(
+        self,
+        new_ids: list[tuple[str, str, str, str | None]],
+        ident: str,
+        kind: str,
+        name: str,
+        account_id: str | None,
+    ) -> None:
+        self._names[ident] = (name, account_id)
+        new_ids.append((ident, kind, name, account_id))
+
+    def _lookup(self, tx: Tx, ident: str) -> tuple[str, str | None] | None:
+        if ident in self._names:
+            return self._names[ident]
+        row = tx.query_one(f"SELECT name, account_id FROM {self.t(IDS)} WHERE id = ?", (ident,))
+        found = (str(row[0]), row[1]) if row else None
+        self._names[ident] = found
+        return found
+
+    def _account_name(self, tx: Tx, account_id: str) -> str | None:
+        known = self._lookup(tx, account_id)
+        return known[0] if known else None
+
+
+__all__ = [
+    "SECRET_FIELDS",
+    "TimelineView",
+    "event_type_name",
+    "from_micros",
+    "ip_to_bytes",
+    "is_secret_field",
+    "to_micros",
+]

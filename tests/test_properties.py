@@ -417,6 +417,7 @@ def test_store_gives_back_exactly_the_live_aggregates(
     # then every saved aggregate reloads equal to the saved object and to its replay
     for aggregate_id, live in ledger.live.items():
         assert ledger.repository.get(aggregate_id) == live
+        assert ledger.load(type(live), aggregate_id) == live  # the ledger's own load path
         assert replay(ledger, aggregate_id) == live
     # and nothing in the log escaped the comparison
     notifications = ledger.recorder.select_notifications(start=1, limit=1_000_000)

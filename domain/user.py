@@ -98,6 +98,7 @@ class User(Aggregate):
             user.reset_required = False
             user.reset_reason = None
             user.reset_campaign_id = None
+            user.reset_campaigns = []
             user.locked = False
             user.disabled = False
             user.failed_logins = 0
@@ -144,6 +145,8 @@ class User(Aggregate):
             user.reset_required = True
             user.reset_reason = self.reason
             user.reset_campaign_id = self.campaign_id
+            if self.campaign_id is not None and self.campaign_id not in user.reset_campaigns:
+                user.reset_campaigns.append(self.campaign_id)
 
     class PasswordResetCompleted(Event):
         TOPIC = "secstate.User.PasswordResetCompleted"
@@ -281,6 +284,7 @@ class User(Aggregate):
         reset_required: bool
         reset_reason: str | None
         reset_campaign_id: str | None
+        reset_campaigns: list[str]  # every campaign that ever marked the user
         locked: bool
         disabled: bool
         failed_logins: int
@@ -349,7 +353,13 @@ class User(Aggregate):
         self._emit(self.PasswordChanged, stamp, password_hash=hasher.hash(new))
 
     def require_password_reset(self, reason: str, campaign_id: str | None, stamp: Stamp) -> bool:
-        """False, recording nothing, if this campaign already marked the user."""
+        """False, recording nothing, if this campaign already marked the user.
+
+        Also after the user completed that reset: rerunning an interrupted campaign
+        must not force a second reset on users who already did it.
+        """
+        if campaign_id is not None and campaign_id in self.reset_campaigns:
+            return False
         if self.reset_required and self.reset_campaign_id == campaign_id:
             return False
         self._emit(self.PasswordResetRequired, stamp, reason=reason, campaign_id=campaign_id)

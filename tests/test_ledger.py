@@ -665,6 +665,26 @@ def test_bulk_reset_of_everyone_and_of_named_users(population: Ledger, ctx: Requ
     assert ledger.require_password_resets(later, ctx).marked == 7
 
 
+def test_bulk_reset_rerun_spares_users_who_already_completed_the_reset(
+    population: Ledger, ctx: RequestContext
+) -> None:
+    # given a campaign run, and one user who reset the password since
+    ledger = population
+    command = c.parse_command(
+        c.RequirePasswordResets, reason="leak", campaign_id="camp-4", accounts=["acme"]
+    )
+    assert ledger.require_password_resets(command, ctx).marked == 4
+    ledger.complete_password_reset(
+        c.parse_command(c.CompletePasswordReset, username="a2", new_password=NEW_PASSWORD), ctx
+    )
+    # when the campaign is run again
+    with nothing_saved(ledger):
+        again = ledger.require_password_resets(command, ctx)
+    # then nobody is marked again, and a2 can log in
+    assert (again.marked, again.already_marked) == (0, 4)
+    assert login(ledger, ctx, "a2", password=NEW_PASSWORD).allowed
+
+
 def test_bulk_reset_naming_an_unknown_user_saves_nothing(
     population: Ledger, ctx: RequestContext
 ) -> None:

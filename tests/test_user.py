@@ -298,6 +298,22 @@ def test_same_campaign_marks_a_user_only_once() -> None:
     assert user.reset_campaign_id == "camp-2"
 
 
+def test_rerun_of_a_campaign_does_not_mark_again_a_user_who_completed_its_reset() -> None:
+    # given a user who completed the reset the campaign asked for
+    user = registered()
+    user.require_password_reset("breach", "camp-1", at())
+    user.complete_password_reset(NEW_PASSWORD, HASHER, at(60))
+    user.collect_events()
+    # when the same campaign runs again (e.g. after an interrupted run)
+    before = copy.deepcopy(user)
+    marked = user.require_password_reset("breach", "camp-1", at(120))
+    # then the user is left alone
+    assert not marked
+    assert user.pending_events == []
+    assert user == before
+    assert login(user, NEW_PASSWORD, seconds=121).allowed
+
+
 def test_completing_a_reset_nobody_required_is_refused() -> None:
     user = registered()
     refused(

@@ -32,6 +32,7 @@ from domain.errors import (
     InvalidTotpCodeError,
     LoginRefusedError,
     NotStaffError,
+    PasswordReuseError,
     SecStateError,
     SelfLockoutError,
     UnknownAccountError,
@@ -288,6 +289,19 @@ def test_password_change_and_login_round_trip(acme: Ledger, ctx: RequestContext)
     assert alice.last_login_at == acme.clock.now()
     assert event_names(acme, alice.id, after_version=2) == ["PasswordChanged", "LoginSucceeded"]
     assert_consistent(acme, alice)
+
+
+def test_set_password_replaces_the_password_and_refuses_reuse(
+    acme: Ledger, ctx: RequestContext
+) -> None:
+    set_new = c.parse_command(c.SetPassword, username="alice", password=NEW_PASSWORD)
+    acme.set_password(set_new, ctx)
+    assert login(acme, ctx, password=NEW_PASSWORD).allowed
+    assert refusal_reason(acme, ctx) == "bad_password"
+    refused(acme, PasswordReuseError, lambda: acme.set_password(set_new, ctx))
+    weak = c.parse_command(c.SetPassword, username="alice", password="alice-is-my-name")
+    refused(acme, WeakPasswordError, lambda: acme.set_password(weak, ctx))
+    assert_consistent(acme, acme.get_user("alice"))
 
 
 def test_refused_login_is_recorded_and_raised(acme: Ledger, ctx: RequestContext) -> None:

@@ -6,7 +6,8 @@
   turns in smaller chunks: a load spike from other processes then hits every case alike.
   Report medians, and ratios of cases measured in the same round.
 - ``print_table`` prints a Markdown table (pasteable into docs/benchmarks.md).
-- ``save_results`` writes JSON to benchmarks/results/ (git-ignored).
+- ``save_results`` (or ``results_path`` + ``write_results``, to rewrite as a run goes):
+  JSON in benchmarks/results/ (git-ignored).
 """
 
 from __future__ import annotations
@@ -315,9 +316,19 @@ def print_machine_info(info: dict[str, Any]) -> None:
     print_table("Machine", ["item", "value"], [[k, v] for k, v in info.items()])
 
 
-def save_results(name: str, data: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def results_path(name: str) -> Path:
+    """A new file in benchmarks/results/ named after the benchmark and the UTC time."""
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"{name}-{stamp}.json"
+    return RESULTS_DIR / f"{name}-{stamp}.json"
+
+
+def write_results(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def save_results(name: str, data: dict[str, Any]) -> Path:
+    """Write the results once, to a new file; returns its path."""
+    path = results_path(name)
+    write_results(path, data)
     return path

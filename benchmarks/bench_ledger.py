@@ -508,8 +508,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--events",
         type=int,
-        default=1000,
-        help="(a)/(b): commands per case per round (default 1000)",
+        default=500,
+        help="(a)/(b): commands per case per round (default 500)",
     )
     parser.add_argument(
         "--users", type=int, default=20_000, help="(c): users marked per run (default 20000)"

@@ -177,6 +177,8 @@ TIMELINE_INDEXES: dict[str, str] = {
 }
 # A batch shorter than this means the follower has caught up with the log's head.
 INDEX_WHEN_BATCH_BELOW = 1000
+# Below this many rows any plan is fast: statistics are not worth refreshing.
+STATS_MIN_ROWS = 10_000
 
 
 class TimelineView(View):
@@ -273,16 +275,47 @@ class TimelineView(View):
             tx.execute(
                 f"CREATE INDEX {self.i(name)} ON {self.t(TIMELINE)} {TIMELINE_INDEXES[name]}"
             )
+        if missing:
+            self.analyze(tx)
         return missing
 
+    def analyze(self, tx: Tx) -> None:
+        """Refresh planner statistics: without them SQLite may sort a million rows by
+        position when walking the primary key would stop after fifty."""
+        if tx.dialect == "sqlite":
+            tx.execute("PRAGMA analysis_limit = 1000")  # sample; exact counts cost a scan
+        tx.execute(f"ANALYZE {self.t(TIMELINE)}")
+
+    def _stats_stale(self, tx: Tx) -> bool:
+        """SQLite only (PostgreSQL's autovacuum analyzes): grown tenfold since analyzed?"""
+        if tx.dialect != "sqlite":
+            return False
+        row = tx.query_one(f"SELECT MAX(position) FROM {self.t(TIMELINE)}")
+        size = int(row[0] or 0)
+        if size < STATS_MIN_ROWS:
+            return False
+        if not tx.query_one("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"):
+            return True
+        stat = tx.query_one(
+            "SELECT stat FROM sqlite_stat1 WHERE tbl = ? LIMIT 1", (self.t(TIMELINE),)
+        )
+        analysed = int(str(stat[0]).split()[0]) if stat else 0
+        return size > 10 * analysed
+
     def ensure_indexes(self, db: ViewDB) -> list[str]:
-        """Create whatever index the live timeline lacks; returns the names created."""
+        """Create whatever index the live timeline lacks and refresh stale statistics;
+        returns the names of the indexes created."""
         self.suffix = ""
         with db.reading() as tx:
-            if not self.missing_indexes(tx):
-                return []
+            missing = self.missing_indexes(tx)
+            stale = not missing and self._stats_stale(tx)
+        if not missing and not stale:
+            return []
         with db.transaction() as tx:
-            return self.create_missing_indexes(tx)
+            created = self.create_missing_indexes(tx)
+            if not created:
+                self.analyze(tx)
+            return created
 
     # --- applying events --------------------------------------------------------------
 

@@ -33,6 +33,7 @@ import ipaddress
 import json
 import os
 import random
+import secrets
 import shutil
 import sqlite3
 import statistics
@@ -68,7 +69,7 @@ from domain.context import Actor, ActorKind, RequestContext, Stamp
 from domain.ledger import Ledger
 from domain.user import User
 from domain.values import AccountKind, Role
-from projections.base import Follower, ViewDB
+from projections.base import REBUILD_SUFFIX, TRACKING_TABLE, Follower, ViewDB
 from projections.pointintime import state_at
 from projections.registry import make_view
 from projections.timeline import ip_to_bytes
@@ -466,7 +467,56 @@ def rebuild_both_threads(settings: Settings, ledger: Ledger, batch_size: int) ->
     return watch.spent()
 
 
-REBUILD_CASES = ("bare", "state", "timeline", "sequential", "threads")
+DELETE_TRACKING = f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?"  # noqa: S608
+
+
+def rebuild_shared_scan(settings: Settings, ledger: Ledger, batch_size: int) -> Spent:
+    """A prototype, not an API of projections.base: both views built from ONE scan and
+    decode of the log, each batch applied to each view in its own transaction (with its
+    tracking row, as ``Follower`` does). Builds into the shadow tables and drops them, so
+    the live views are untouched. Shows what sharing the scan would gain.
+    """
+    followers: list[Follower] = []
+    try:
+        for name in VIEWS:
+            followers.append(
+                Follower(ledger, make_view(name), open_view_db(settings, name), batch_size)
+            )
+        watch = Stopwatch()
+        for follower in followers:
+            view = follower.view
+            view.suffix, view.token = REBUILD_SUFFIX, secrets.token_hex(4)
+            with follower.db.transaction() as tx:
+                for table in view.tables:
+                    tx.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
+                for statement in view.ddl(follower.db.dialect):
+                    tx.execute(statement)
+                tx.execute(DELETE_TRACKING, (view.name + REBUILD_SUFFIX,))
+        position = 0
+        while True:
+            notifications = ledger.recorder.select_notifications(
+                start=position + 1, limit=batch_size
+            )
+            if not notifications:
+                break
+            events = [(n.id, followers[0]._decode(n)) for n in notifications]
+            for follower in followers:
+                follower._commit(follower.view.name + REBUILD_SUFFIX, position, events)
+            position = events[-1][0]
+        spent = watch.spent()
+        for follower in followers:
+            with follower.db.transaction() as tx:
+                for table in follower.view.tables:
+                    tx.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
+                tx.execute(DELETE_TRACKING, (follower.view.name + REBUILD_SUFFIX,))
+            follower.view.suffix = ""
+        return spent
+    finally:
+        for follower in followers:
+            follower.db.close()
+
+
+REBUILD_CASES = ("bare", "state", "timeline", "sequential", "threads", "shared")
 
 
 def bench_rebuild(
@@ -498,8 +548,11 @@ def bench_rebuild(
     def run_threads() -> None:
         record("threads", head, rebuild_both_threads(settings, ledger, batch_size))
 
+    def run_shared() -> None:
+        record("shared", head, rebuild_shared_scan(settings, ledger, batch_size))
+
     head = int(ledger.recorder.max_notification_id() or 0)
-    cases: list[Callable[[], None]] = [run_bare, run_sequential, run_threads]
+    cases: list[Callable[[], None]] = [run_bare, run_sequential, run_threads, run_shared]
     for round_no in range(repeat):
         log(f"rebuild round {round_no + 1}/{repeat}")
         for k in range(len(cases)):
@@ -507,7 +560,7 @@ def bench_rebuild(
     result: dict[str, Any] = {"events": events, "head": head, "batch_size": batch_size}
     for clock, samples in (("wall", wall), ("cpu", cpu)):
         result[clock] = {name: Summary.of(values).as_dict() for name, values in samples.items()}
-        for case in ("sequential", "threads"):
+        for case in ("sequential", "threads", "shared"):
             result[clock][f"ratio_{case}_to_bare"] = Summary.of(
                 paired_ratios(samples[case], samples["bare"])
             ).as_dict()
@@ -746,8 +799,10 @@ def report(results: dict[str, Any]) -> None:
                 "timeline",
                 "both, one after the other",
                 "both, two threads",
+                "both, one shared scan (prototype)",
                 "ratio seq/bare",
                 "ratio threads/bare",
+                "ratio shared/bare",
             ],
             [
                 [
@@ -759,7 +814,11 @@ def report(results: dict[str, Any]) -> None:
                     ),
                     *(
                         f"{r['wall'][key]['median']:.2f} / {r['cpu'][key]['median']:.2f}"
-                        for key in ("ratio_sequential_to_bare", "ratio_threads_to_bare")
+                        for key in (
+                            "ratio_sequential_to_bare",
+                            "ratio_threads_to_bare",
+                            "ratio_shared_to_bare",
+                        )
                     ),
                 ]
                 for b, r in rebuilt.items()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +28,8 @@ from projections.base import (
     wait_for,
 )
 from projections.registry import VIEWS
-from projections.runner import Runner, view_status
-from secstate.bootstrap import open_view_db
+from projections.runner import PostgresListener, Runner, view_status
+from secstate.bootstrap import build_ledger, open_view_db
 from secstate.settings import Settings
 
 DENIED = "Account.ControlPanelAccessDenied"
@@ -356,3 +357,45 @@ def test_rebuild_while_the_runner_follows_ends_with_each_event_once(
         thread.join()
         runner.close()
         db.close()
+
+
+@pytest.mark.postgres
+def test_postgres_runner_reconnects_its_listener_and_still_follows(
+    pg_schema: str, tmp_path: Path, ctx: RequestContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a runner woken by NOTIFY only (its poll interval is far beyond the wait below)
+    import psycopg
+    from conftest import POSTGRES_URL, make_settings
+
+    monkeypatch.setitem(VIEWS, "positions", PositionsView)
+    settings = make_settings("postgres", tmp_path / "home", pg_schema)
+    ledger = build_ledger(settings)
+    runner = Runner(settings, ledger, ["positions"], poll_interval=60.0)
+    runner.open()
+    assert isinstance(runner.waker, PostgresListener)
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    db = open_view_db(settings, "positions")
+    try:
+        write_events(ledger, ctx, accounts=1, per_account=3)
+        assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
+        # when the server drops the listening connection
+        listener = runner.waker
+        old_pid = listener._conn.info.backend_pid
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            row = admin.execute("SELECT pg_terminate_backend(%s)", (old_pid,)).fetchone()
+        assert row == (True,)
+        # and the listener has reconnected (a new connection, listening again)
+        assert wait_for(
+            lambda: listener._conn is not None and listener._conn.info.backend_pid != old_pid,
+            timeout=20,
+        )
+        # then events written afterwards still reach the view without waiting for a poll
+        write_events(ledger, ctx, accounts=2, per_account=3, prefix="after")
+        assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
+    finally:
+        runner.stop()
+        thread.join()
+        runner.close()
+        db.close()
+        ledger.close()

@@ -77,11 +77,19 @@ class _UtcFormatter(logging.Formatter):
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds")
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now: rich's live progress display swaps it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 @contextmanager
 def _logging_to_stderr() -> Iterator[None]:
     """Runner log lines on stderr for the length of one command."""
     logger = logging.getLogger("secstate.projections")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
     old_level, old_propagate = logger.level, logger.propagate
@@ -174,7 +182,10 @@ def _run_once_with_progress(runner: Runner) -> RunReport:
         def progress(name: str, position: int, target: int) -> None:
             bars.update(tasks[name], completed=position, total=target)
 
-        return runner.run(once=True, progress=progress)
+        report = runner.run(once=True, progress=progress)
+        for run in report.views:  # a failed view's bar shows where it stopped
+            bars.update(tasks[run.name], completed=run.position)
+        return report
 
 
 def _finish(report: RunReport, once: bool) -> None:

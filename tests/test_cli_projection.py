@@ -1,0 +1,181 @@
+"""``secstate project run|status|rebuild`` in-process, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from test_followers import DENIED, FragileView, PositionsView, all_positions, seen, write_events
+
+from domain.context import RequestContext
+from domain.ledger import Ledger
+from projections.registry import VIEWS
+from secstate.bootstrap import open_view_db
+from secstate.cli import run
+from secstate.settings import Settings
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Cli:
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self.capsys = capsys
+
+    def __call__(self, *args: str) -> Result:
+        self.capsys.readouterr()
+        code = run(list(args))
+        captured = self.capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+
+@pytest.fixture
+def cli(
+    settings: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Cli:
+    """The CLI on the test's store, with the test views registered beside the real ones."""
+    monkeypatch.delenv("SECSTATE_DATABASE_URL", raising=False)
+    monkeypatch.setenv("SECSTATE_HOME", str(settings.home))
+    if settings.database_url is not None:
+        monkeypatch.setenv("SECSTATE_DATABASE_URL", settings.database_url.get_secret_value())
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setitem(VIEWS, "positions", PositionsView)
+    monkeypatch.setitem(VIEWS, "fragile", FragileView)
+    return Cli(capsys)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("project", "run", "nope", "--once"),
+        ("project", "run", "positions", "nope"),
+        ("project", "status", "nope"),
+        ("project", "rebuild", "nope"),
+    ],
+)
+def test_unknown_projection_name_is_refused_listing_the_known_ones(
+    cli: Cli, args: tuple[str, ...]
+) -> None:
+    # when a command names a view that does not exist
+    result = cli(*args)
+    # then it exits 1 with one line naming it and the known views
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: unknown projection 'nope'")
+    assert "known: fragile, positions, state, timeline" in lines[0]
+
+
+def test_run_once_stops_the_failing_view_only_and_status_json_shows_its_error(
+    cli: Cli, ledger: Ledger, ctx: RequestContext
+) -> None:
+    # given events with one denied access in the middle
+    write_events(ledger, ctx, accounts=3, per_account=15, denied_at=4)
+    head = all_positions(ledger)[-1]
+    denied = next(
+        n.id
+        for n in ledger.recorder.select_notifications(start=1, limit=head)
+        if n.topic == "secstate." + DENIED
+    )
+    # when both test views are caught up once
+    result = cli("project", "run", "positions", "fragile", "--once", "--batch-size", "10")
+    # then the command fails, naming the view, the position and the event type
+    assert result.code == 1
+    assert f"error: projection 'fragile' stopped at position {denied} ({DENIED})" in result.err
+    assert f"positions: position {head}" in result.out
+    # and the status, as JSON, shows where each view stands and the stored error
+    status = cli("project", "status", "--json")
+    assert status.code == 0, status.err
+    views = {v["view"]: v for v in status.json()["views"]}
+    assert status.json()["head"] == head
+    assert views["positions"] == {
+        "view": "positions",
+        "state": "caught up",
+        "position": head,
+        "head": head,
+        "lag": 0,
+        "last_error": None,
+    }
+    fragile = views["fragile"]
+    assert fragile["state"] == "failed"
+    assert fragile["position"] == denied - 1
+    assert fragile["lag"] == head - denied + 1
+    assert fragile["last_error"]["position"] == denied
+    assert fragile["last_error"]["event_type"] == DENIED
+    assert "ValueError: cannot handle denied accesses" in fragile["last_error"]["message"]
+    assert fragile["last_error"]["failed_at"].endswith("+00:00")
+    assert views["timeline"]["state"] == "not started"
+    # and the table for people says the same
+    table = cli("project", "status", "fragile")
+    assert table.code == 0
+    assert "failed" in table.out
+    assert f"stopped at position {denied}" in table.out
+
+
+def test_run_once_catches_up_the_real_views(cli: Cli, ledger: Ledger, ctx: RequestContext) -> None:
+    # given some events
+    write_events(ledger, ctx, accounts=2, per_account=10)
+    head = all_positions(ledger)[-1]
+    # when the real views are run once
+    result = cli("project", "run", "state", "timeline", "--once")
+    # then both reach the head and the status says so
+    assert result.code == 0, result.err
+    status = cli("project", "status", "state", "timeline", "--json").json()
+    assert [(v["view"], v["state"], v["position"]) for v in status["views"]] == [
+        ("state", "caught up", head),
+        ("timeline", "caught up", head),
+    ]
+
+
+def test_rebuild_swaps_in_a_full_copy_and_reports_json_with_progress_on_stderr(
+    cli: Cli, ledger: Ledger, ctx: RequestContext, settings: Settings
+) -> None:
+    # given a view built incrementally and then damaged
+    write_events(ledger, ctx, accounts=4, per_account=25)
+    assert cli("project", "run", "positions", "--once").code == 0
+    db = open_view_db(settings, "positions")
+    try:
+        with db.transaction() as tx:
+            tx.execute("DELETE FROM positions_seen WHERE position > 10")
+        # when it is rebuilt
+        result = cli("project", "rebuild", "positions", "--json", "--batch-size", "10")
+        # then the JSON names the swapped-in position, the progress went to stderr
+        assert result.code == 0, result.err
+        head = all_positions(ledger)[-1]
+        assert result.json()["view"] == "positions"
+        assert result.json()["position"] == head
+        assert "rebuild positions" in result.err
+        assert "ev/s" in result.err
+        # and the live view is complete again, each event once
+        assert seen(db) == all_positions(ledger)
+    finally:
+        db.close()
+
+
+def test_failed_rebuild_exits_1_and_leaves_the_live_view_untouched(
+    cli: Cli, ledger: Ledger, ctx: RequestContext, settings: Settings
+) -> None:
+    # given a fragile view caught up to just before a denied access
+    write_events(ledger, ctx, accounts=2, per_account=10, denied_at=6)
+    cli("project", "run", "fragile", "--once")
+    db = open_view_db(settings, "fragile")
+    try:
+        before = seen(db, "fragile_seen")
+        # when it is rebuilt
+        result = cli("project", "rebuild", "fragile")
+        # then the rebuild fails naming the event, and readers still see the old rows
+        assert result.code == 1
+        assert "stopped at position" in result.err
+        assert "the live view is unchanged" in result.err
+        assert seen(db, "fragile_seen") == before
+    finally:
+        db.close()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import signal
 import statistics
 import sys
 import time
@@ -177,25 +178,21 @@ def cidrs(first: int, count: int) -> list[str]:
 
 def ours_run(
     ledger: Ledger, targets: Sequence[tuple[str, str]], nets: Sequence[str], as_owner: bool
-) -> float:
-    """The whole path, one command per target; returns seconds."""
-    start = time.perf_counter()
+) -> None:
+    """The whole path, one command per target."""
     for (account, owner), cidr in zip(targets, nets, strict=True):
         actor = Actor(ActorKind.USER, owner) if as_owner else SYSTEM_ACTOR
         ctx = RequestContext(actor, SOURCE_IP, USER_AGENT)
         command = parse_command(cmd.AddAllowlistEntry, account=account, cidr=cidr, label="office")
         ledger.add_allowlist_entry(command, ctx)
-    return time.perf_counter() - start
 
 
-def bare_run(app: BareApp, ids: Sequence[uuid.UUID], payload: str) -> float:
-    """Load, call, save per command; returns seconds."""
-    start = time.perf_counter()
+def bare_run(app: BareApp, ids: Sequence[uuid.UUID], payload: str) -> None:
+    """Load, call, save per command."""
     for aggregate_id in ids:
         aggregate: BareAggregate = app.repository.get(aggregate_id)
         aggregate.note(payload)
         app.save(aggregate)
-    return time.perf_counter() - start
 
 
 def bench_one_event(
@@ -214,20 +211,19 @@ def bench_one_event(
     system = prepare_accounts(ledger, "sys", events)
     bare_ids = prepare_bare(bare, events, payload)
 
-    def nets(round_no: int) -> list[str]:
-        # Round -1 is the warm-up; every round gives each account one new /32.
-        return cidrs((round_no + 1) * events, events)
+    # Every round gives each account one new /32; the last list is the warm-up's.
+    nets = [cidrs((r + 1) * events, events) for r in range(repeat + 1)] + [cidrs(0, events)]
 
     warm = min(WARMUP, events)
-    ours_run(ledger, owned[:warm], nets(-1)[:warm], as_owner=True)
-    ours_run(ledger, system[:warm], nets(-1)[:warm], as_owner=False)
+    ours_run(ledger, owned[:warm], nets[-1][:warm], as_owner=True)
+    ours_run(ledger, system[:warm], nets[-1][:warm], as_owner=False)
     bare_run(bare, bare_ids[:warm], payload)
 
-    cases: dict[str, Callable[[int, int, int], float]] = {
-        "ours": lambda r, i, j: ours_run(ledger, owned[i:j], nets(r)[i:j], as_owner=True),
+    cases: dict[str, Callable[[int, int, int], object]] = {
+        "ours": lambda r, i, j: ours_run(ledger, owned[i:j], nets[r][i:j], as_owner=True),
         "bare": lambda r, i, j: bare_run(bare, bare_ids[i:j], payload),
         "ours_system_actor": lambda r, i, j: ours_run(
-            ledger, system[i:j], nets(r)[i:j], as_owner=False
+            ledger, system[i:j], nets[r][i:j], as_owner=False
         ),
     }
     samples = interleave_chunks(
@@ -237,10 +233,11 @@ def bench_one_event(
         CHUNK,
         on_round=lambda r: log(f"[{backend}] (a/b) round {r + 1}/{repeat} done"),
     )
+    rates, cpu = samples.rates, samples.cpu_us
     if profile_dir is not None:
         log(f"[{backend}] (a/b) profiling one more round of ours and bare")
         with profiled(profile_dir / f"ledger-{backend}-ours.prof"):
-            ours_run(ledger, owned, nets(repeat), as_owner=True)
+            ours_run(ledger, owned, nets[repeat], as_owner=True)
         with profiled(profile_dir / f"ledger-{backend}-bare.prof"):
             bare_run(bare, bare_ids, payload)
 
@@ -251,11 +248,17 @@ def bench_one_event(
         "stored_event_bytes": {"ours": ours_bytes, "bare": bare_bytes},
         # Opened + MemberAdded (bare: created + noted), the warm-up (first few), the rounds.
         "events_per_aggregate_at_end": f"{2 + repeat} (+1 for the first {warm})",
-        "rates": {name: Summary.of(s).as_dict() for name, s in samples.items()},
-        "ratio_of_medians": statistics.median(samples["ours"]) / statistics.median(samples["bare"]),
-        "paired_ratio": Summary.of(paired_ratios(samples["ours"], samples["bare"])).as_dict(),
+        "rates": {name: Summary.of(v).as_dict() for name, v in rates.items()},
+        "cpu_us_per_event": {name: Summary.of(v).as_dict() for name, v in cpu.items()},
+        "ratio_of_medians": statistics.median(rates["ours"]) / statistics.median(rates["bare"]),
+        "paired_ratio": Summary.of(paired_ratios(rates["ours"], rates["bare"])).as_dict(),
         "system_actor_ratio": Summary.of(
-            paired_ratios(samples["ours_system_actor"], samples["bare"])
+            paired_ratios(rates["ours_system_actor"], rates["bare"])
+        ).as_dict(),
+        # bare CPU / ours CPU: what the ratio of rates would be if CPU were all that counted.
+        "cpu_ratio": Summary.of(paired_ratios(cpu["bare"], cpu["ours"])).as_dict(),
+        "cpu_ratio_system_actor": Summary.of(
+            paired_ratios(cpu["bare"], cpu["ours_system_actor"])
         ).as_dict(),
     }
 
@@ -328,15 +331,17 @@ def bench_bulk(store: Store, users: int, repeat: int, profile_dir: Path | None) 
     ctx = RequestContext(Actor(ActorKind.STAFF, "e-bench"), SOURCE_IP, USER_AGENT)
     get_sample = bare_ids[:GET_SAMPLE]
     seconds: dict[str, list[float]] = {}
+    cpu_us: dict[str, list[float]] = {}
     log_sizes: list[int] = []
 
     def timed_marking(path: str, mark: Callable[[], int], expected: int = users) -> float:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         marked = mark()
         elapsed = time.perf_counter() - start
         if marked != expected:
             raise RuntimeError(f"{path}: marked {marked}, expected {expected}")
         seconds.setdefault(path, []).append(elapsed)
+        cpu_us.setdefault(path, []).append((time.process_time() - cpu_start) / marked * 1e6)
         return marked / elapsed
 
     def ours(path: str, round_no: int) -> float:
@@ -380,6 +385,7 @@ def bench_bulk(store: Store, users: int, repeat: int, profile_dir: Path | None) 
         "ledger_log_size_before_each_run": log_sizes[: 2 * repeat],
         "rates": {name: Summary.of(s).as_dict() for name, s in samples.items()},
         "seconds": {name: Summary.of(s).as_dict() for name, s in seconds.items()},
+        "cpu_us_per_event": {name: Summary.of(s).as_dict() for name, s in cpu_us.items()},
         "ratio_everyone_to_bare_scan": Summary.of(
             paired_ratios(samples["everyone"], samples["bare_scan"])
         ).as_dict(),
@@ -429,33 +435,43 @@ def report(results: dict[str, Any]) -> None:
     bulk = {b: r["bulk"] for b, r in results["backends"].items() if "bulk" in r}
     rows: list[list[object]] = []
     for backend, a in one_event.items():
-        rates = a["rates"]
-        rows.append(
-            [
-                backend,
-                fmt_num(rates["ours"]["median"]),
-                fmt_num(rates["ours_system_actor"]["median"]),
-                fmt_num(rates["bare"]["median"]),
-                f"{a['paired_ratio']['median']:.2f}",
-                f"{a['paired_ratio']['min']:.2f}-{a['paired_ratio']['max']:.2f}",
-                f"{a['system_actor_ratio']['median']:.2f}",
-            ]
-        )
+        rates, cpu = a["rates"], a["cpu_us_per_event"]
+        for case, label, ratio, cpu_ratio in (
+            ("ours", "ours (owner acts)", "paired_ratio", "cpu_ratio"),
+            (
+                "ours_system_actor",
+                "ours (system acts: no actor check)",
+                "system_actor_ratio",
+                "cpu_ratio_system_actor",
+            ),
+            ("bare", "bare library", None, None),
+        ):
+            rows.append(
+                [
+                    f"{backend}: {label}",
+                    fmt_num(rates[case]["median"]),
+                    f"{fmt_num(rates[case]['min'])}-{fmt_num(rates[case]['max'])}",
+                    f"{a[ratio]['median']:.2f}" if ratio else "",
+                    f"{a[ratio]['min']:.2f}-{a[ratio]['max']:.2f}" if ratio else "",
+                    fmt_num(cpu[case]["median"]),
+                    f"{a[cpu_ratio]['median']:.2f}" if cpu_ratio else "",
+                ]
+            )
     if rows:
         first = next(iter(one_event.values()))
         print_table(
-            f"(a)/(b) one event per command, events/s (median of {first['rounds']} interleaved "
-            f"rounds of {first['events_per_round']}; stored event "
+            f"(a)/(b) one event per command: median of {first['rounds']} interleaved rounds "
+            f"of {first['events_per_round']} commands per case; stored event "
             f"{first['stored_event_bytes']['ours']} B ours, "
-            f"{first['stored_event_bytes']['bare']} B bare; goal ratio >= {GOAL_RATIO})",
+            f"{first['stored_event_bytes']['bare']} B bare; goal ratio >= {GOAL_RATIO}",
             [
-                "backend",
-                "ours (owner)",
-                "ours (system actor)",
-                "bare",
-                "ratio ours/bare",
+                "backend: case",
+                "events/s",
+                "range",
+                "ours/bare",
                 "ratio range",
-                "ratio (system actor)",
+                "CPU us/event",
+                "bare/ours CPU",
             ],
             rows,
         )
@@ -474,15 +490,17 @@ def report(results: dict[str, Any]) -> None:
                     fmt_num(rate["median"]),
                     f"{fmt_num(rate['min'])}-{fmt_num(rate['max'])}",
                     f"{c['seconds'][path]['median']:.2f}",
+                    fmt_num(c["cpu_us_per_event"][path]["median"]),
                     f"{c[ratio]['median']:.2f}" if ratio else "",
                 ]
             )
     if rows:
         first = next(iter(bulk.values()))
         print_table(
-            f"(c) require_password_resets, {first['users']:,} users, events/s (median of "
-            f"{first['runs']} runs; goal >= {GOAL_BULK_SQLITE:,} on SQLite)",
-            ["backend: path", "events/s", "range", "seconds", "ours/bare"],
+            f"(c) require_password_resets, {first['users']:,} users (bare get-each: a sample of "
+            f"{first['bare_get_sample']:,}): median of {first['runs']} runs; goal >= "
+            f"{GOAL_BULK_SQLITE:,} events/s on SQLite",
+            ["backend: path", "events/s", "range", "seconds", "CPU us/event", "ours/bare"],
             rows,
         )
     h = results.get("hashing")
@@ -546,6 +564,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # On SIGTERM too, unwind so the temporary directory and PostgreSQL schema go away.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     backends = list(BACKENDS) if args.backend == "all" else [args.backend]
     if "postgres" in backends:
         problem = postgres_problem()

@@ -161,30 +161,48 @@ def interleave(
     return samples
 
 
+@dataclass
+class Samples:
+    """Per case, one figure per round: items per wall-clock second, CPU us per item.
+
+    CPU time (this process) barely moves when other processes load the machine, while
+    wall time does: the CPU figures show the overhead of one case over another even when
+    the rates are noisy.
+    """
+
+    rates: dict[str, list[float]]
+    cpu_us: dict[str, list[float]]
+
+
 def interleave_chunks(
-    cases: dict[str, Callable[[int, int, int], float]],
+    cases: dict[str, Callable[[int, int, int], object]],
     repeat: int,
     items: int,
     chunk: int,
     on_round: Callable[[int], None] | None = None,
-) -> dict[str, list[float]]:
-    """Rates (items/s) per case per round, the cases taking turns chunk by chunk.
+) -> Samples:
+    """The cases take turns chunk by chunk, ``repeat`` rounds of ``items`` each.
 
-    ``case(round_no, start, stop)`` handles items [start, stop) and returns the seconds it
-    spent. Finer turns than whole rounds pair the cases under the same background load;
-    the order of the cases rotates from chunk to chunk so none always goes first.
+    ``case(round_no, start, stop)`` handles items [start, stop); it is timed here, so it
+    should do nothing else. Finer turns than whole rounds pair the cases under the same
+    background load; the order of the cases rotates so none always goes first.
     """
     names = list(cases)
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples = Samples({name: [] for name in names}, {name: [] for name in names})
     for round_no in range(repeat):
-        spent = dict.fromkeys(names, 0.0)
+        wall = dict.fromkeys(names, 0.0)
+        cpu = dict.fromkeys(names, 0.0)
         for turn, start in enumerate(range(0, items, chunk)):
             stop = min(items, start + chunk)
             for k in range(len(names)):
                 name = names[(turn + k) % len(names)]
-                spent[name] += cases[name](round_no, start, stop)
+                wall_start, cpu_start = time.perf_counter(), time.process_time()
+                cases[name](round_no, start, stop)
+                wall[name] += time.perf_counter() - wall_start
+                cpu[name] += time.process_time() - cpu_start
         for name in names:
-            samples[name].append(items / spent[name])
+            samples.rates[name].append(items / wall[name])
+            samples.cpu_us[name].append(cpu[name] / items * 1e6)
         if on_round:
             on_round(round_no)
     return samples

@@ -271,23 +271,24 @@ class Runner:
         return RunReport(list(self.views), self.stopping.is_set())
 
     def _follow(self, run: ViewRun, once: bool, progress: ViewProgress | None) -> None:
-        follower = run.follower
         report = self._progress_for(run, progress)
         backoff = 1.0
         while not self.stopping.is_set():
             try:
                 if once:
-                    follower.catch_up(progress=report, stopping=self.stopping)
+                    run.follower.catch_up(progress=report, stopping=self.stopping)
                 else:
-                    self._follow_forever(follower, report)
-                run.position = follower.position()
+                    self._follow_forever(run.follower, report)
+                run.position = run.follower.position()
                 return
             except ProjectionError as e:
                 self._failed(run, e)
                 return
             except Exception as e:
+                # Database trouble, not the event's fault: keep it for `project status`,
+                # then retry on a fresh connection (a dropped one never comes back).
                 message = f"{type(e).__name__}: {e}"
-                self._record(follower, message)
+                self._record(run.follower, message)
                 if once:
                     self._failed(run, e)
                     return
@@ -296,7 +297,28 @@ class Runner:
                 )
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, RETRY_MAX_SECONDS)
-        run.position = self._safe_position(follower, run.position)
+                self._reopen(run)
+        run.position = self._safe_position(run.follower, run.position)
+
+    def _reopen(self, run: ViewRun) -> None:
+        """A new connection and follower for ``run``; on failure, the old ones stay."""
+        try:
+            db = open_view_db(self.settings, run.name)
+        except Exception as e:
+            log.warning("view %s: cannot reconnect yet: %s", run.name, e)
+            return
+        try:
+            follower = Follower(self.ledger, make_view(run.name), db, self.batch_size)
+        except Exception as e:
+            db.close()
+            log.warning("view %s: cannot reconnect yet: %s", run.name, e)
+            return
+        old = run.db
+        run.db, run.follower = db, follower
+        try:
+            old.close()
+        except Exception as e:
+            log.debug("view %s: closing the old connection: %s", run.name, e)
 
     def _follow_forever(self, follower: Follower, report: ProgressFn) -> None:
         """``Follower.run_forever`` with progress reported as it goes."""

@@ -399,3 +399,40 @@ def test_postgres_runner_reconnects_its_listener_and_still_follows(
         runner.close()
         db.close()
         ledger.close()
+
+
+@pytest.mark.postgres
+def test_postgres_runner_survives_losing_its_view_connection(
+    pg_schema: str, tmp_path: Path, ctx: RequestContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a runner following a view
+    import psycopg
+    from conftest import POSTGRES_URL, make_settings
+
+    monkeypatch.setitem(VIEWS, "positions", PositionsView)
+    settings = make_settings("postgres", tmp_path / "home", pg_schema)
+    ledger = build_ledger(settings)
+    runner = Runner(settings, ledger, ["positions"], poll_interval=0.05)
+    runner.open()
+    thread = threading.Thread(target=runner.run)
+    thread.start()
+    db = open_view_db(settings, "positions")
+    try:
+        write_events(ledger, ctx, accounts=1, per_account=3)
+        assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
+        # when the server drops the view's connection
+        run = runner.views[0]
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            pid = run.db._pg.info.backend_pid
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+        write_events(ledger, ctx, accounts=2, per_account=3, prefix="after")
+        # then it reconnects and catches up, each event once, and the error is cleared
+        assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=30)
+        assert run.db._pg.info.backend_pid != pid
+        assert wait_for(lambda: view_status(settings, ledger, "positions").last_error is None)
+    finally:
+        runner.stop()
+        thread.join()
+        runner.close()
+        db.close()
+        ledger.close()

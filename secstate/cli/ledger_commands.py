@@ -157,7 +157,7 @@ PasswordStdin = Annotated[
 ]
 AccountArg = Annotated[str, typer.Argument(metavar="ACCOUNT", help="Account name.")]
 UsernameArg = Annotated[str, typer.Argument(metavar="USERNAME", help="Username.")]
-ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (required).")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", metavar="TEXT", help="Why (required).")]
 
 
 # --- account ---------------------------------------------------------------------------
@@ -184,8 +184,10 @@ def account_summary(account: Account) -> dict[str, object]:
 @account_app.command("open")
 def account_open(
     name: Annotated[str, typer.Argument(metavar="NAME", help="Account name: lowercase slug.")],
-    kind: Annotated[str, typer.Option(help="customer or staff.")] = "customer",
-    display_name: Annotated[str | None, typer.Option(help="Human-readable name.")] = None,
+    kind: Annotated[str, typer.Option(metavar="KIND", help="customer or staff.")] = "customer",
+    display_name: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="Human-readable name.")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Open a customer account (or the staff organisation)."""
@@ -331,8 +333,12 @@ def user_summary(user: User) -> dict[str, object]:
 def user_register(
     account: AccountArg,
     username: UsernameArg,
-    email: Annotated[str | None, typer.Option("--email", help="Email address (required).")] = None,
-    role: Annotated[str, typer.Option("--role", help="owner, teammate or employee.")] = "owner",
+    email: Annotated[
+        str | None, typer.Option("--email", metavar="EMAIL", help="Email address (required).")
+    ] = None,
+    role: Annotated[
+        str, typer.Option("--role", metavar="ROLE", help="owner, teammate or employee.")
+    ] = "owner",
     password_stdin: PasswordStdin = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -540,7 +546,8 @@ def password_require_reset(
     username: UsernameArg,
     reason: ReasonOpt = None,
     campaign: Annotated[
-        str | None, typer.Option("--campaign", help="Campaign id this reset belongs to.")
+        str | None,
+        typer.Option("--campaign", metavar="ID", help="Campaign id this reset belongs to."),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -610,13 +617,16 @@ def bulk_progress(description: str) -> Iterator[Callable[[int, int], None]]:
 @password_app.command("reset-campaign")
 def password_reset_campaign(
     campaign: Annotated[
-        str | None, typer.Option("--campaign", help="Campaign id (required).")
+        str | None, typer.Option("--campaign", metavar="ID", help="Campaign id (required).")
     ] = None,
     reason: ReasonOpt = None,
     accounts: Annotated[
-        list[str] | None, typer.Option("--account", help="Every user of this account (repeat).")
+        list[str] | None,
+        typer.Option("--account", metavar="ACCOUNT", help="Every user of this account (repeat)."),
     ] = None,
-    users: Annotated[list[str] | None, typer.Option("--user", help="This user (repeat).")] = None,
+    users: Annotated[
+        list[str] | None, typer.Option("--user", metavar="USERNAME", help="This user (repeat).")
+    ] = None,
     everyone: Annotated[bool, typer.Option("--everyone", help="Every user in the ledger.")] = False,
     json_out: JsonOption = False,
 ) -> None:
@@ -678,10 +688,11 @@ def api_key_row(key: ApiKey) -> dict[str, object]:
 def apikey_create(
     account: AccountArg,
     name: Annotated[
-        str | None, typer.Option("--name", help="What the key is for (required).")
+        str | None, typer.Option("--name", metavar="TEXT", help="What the key is for (required).")
     ] = None,
     scopes: Annotated[
-        list[str] | None, typer.Option("--scope", help="Permission scope (repeat; at least one).")
+        list[str] | None,
+        typer.Option("--scope", metavar="SCOPE", help="Permission scope (repeat; at least one)."),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -780,7 +791,9 @@ recovery_app = typer.Typer(help="Single-use recovery codes.", no_args_is_help=Tr
 @totp_app.command("enrol")
 def totp_enrol(
     username: UsernameArg,
-    label: Annotated[str | None, typer.Option("--label", help="Name of the device.")] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", metavar="TEXT", help="Name of the device.")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Start a TOTP enrolment; prints the seed and otpauth:// URI once."""
@@ -830,7 +843,7 @@ def totp_confirm(
 def totp_remove(
     username: UsernameArg,
     factor_id: Annotated[str, typer.Argument(metavar="FACTOR_ID", help="Factor to remove.")],
-    reason: Annotated[str | None, typer.Option("--reason", help="Why.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", metavar="TEXT", help="Why.")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Remove a second factor (confirmed or pending)."""
@@ -847,7 +860,7 @@ def totp_remove(
 @recovery_app.command("generate")
 def recovery_codes_generate(
     username: UsernameArg,
-    count: Annotated[int, typer.Option("--count", help="How many codes (5-20).")] = 10,
+    count: Annotated[int, typer.Option("--count", metavar="N", help="How many codes (5-20).")] = 10,
     json_out: JsonOption = False,
 ) -> None:
     """Generate fresh recovery codes (replacing older ones); printed once."""
@@ -874,7 +887,9 @@ access_app = typer.Typer(help="Control-panel access decisions.", no_args_is_help
 def allowlist_add(
     account: AccountArg,
     cidr: Annotated[str, typer.Argument(metavar="CIDR", help="Network, e.g. 203.0.113.0/24.")],
-    label: Annotated[str | None, typer.Option("--label", help="What it is (required).")] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", metavar="TEXT", help="What it is (required).")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Allow a network into the account's control panel."""
@@ -999,10 +1014,10 @@ def dkim_generate(
     domain: DomainArg,
     selector: SelectorArg,
     algorithm: Annotated[
-        str, typer.Option("--algorithm", help="rsa-sha256 or ed25519-sha256.")
+        str, typer.Option("--algorithm", metavar="ALG", help="rsa-sha256 or ed25519-sha256.")
     ] = "rsa-sha256",
     campaign: Annotated[
-        str | None, typer.Option("--campaign", help="Rotation campaign id.")
+        str | None, typer.Option("--campaign", metavar="ID", help="Rotation campaign id.")
     ] = None,
     json_out: JsonOption = False,
 ) -> None:
@@ -1085,7 +1100,7 @@ def dkim_retire(
     account: AccountArg,
     domain: DomainArg,
     selector: SelectorArg,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", metavar="TEXT", help="Why.")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Stop using a key."""
@@ -1135,20 +1150,22 @@ staff_app = typer.Typer(help="Staff access to internal systems.", no_args_is_hel
 def staff_access(
     username: UsernameArg,
     system: Annotated[
-        str | None, typer.Option("--system", help="Internal system (required).")
+        str | None, typer.Option("--system", metavar="NAME", help="Internal system (required).")
     ] = None,
     resource: Annotated[
-        str | None, typer.Option("--resource", help="What was touched (required).")
+        str | None, typer.Option("--resource", metavar="TEXT", help="What was touched (required).")
     ] = None,
     action: Annotated[
-        str, typer.Option("--action", help="read, export, write or delete.")
+        str, typer.Option("--action", metavar="ACTION", help="read, export, write or delete.")
     ] = "read",
     records: Annotated[
-        int | None, typer.Option("--records", help="How many records (required).")
+        int | None, typer.Option("--records", metavar="N", help="How many records (required).")
     ] = None,
     customers: Annotated[
         list[str] | None,
-        typer.Option("--customer", help="Customer account whose data it was (repeat)."),
+        typer.Option(
+            "--customer", metavar="ACCOUNT", help="Customer account whose data it was (repeat)."
+        ),
     ] = None,
     json_out: JsonOption = False,
 ) -> None:

@@ -17,6 +17,7 @@ import os
 import pty
 import secrets
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,8 +47,10 @@ CHEAP_ENV = {
     "SECSTATE_ARGON2_PARALLELISM": "1",
     "SECSTATE_DKIM_RSA_BITS": "1024",
 }
-# The console script of the interpreter running the tests (the project's venv).
+# The console script beside the interpreter running the tests (the project's venv).
 SECSTATE_BIN = Path(sys.executable).with_name("secstate")
+if not SECSTATE_BIN.exists():
+    SECSTATE_BIN = Path(shutil.which("secstate") or SECSTATE_BIN)
 
 PASSWORD = "Quartz-Lantern-" + secrets.token_hex(4)
 NEW_PASSWORD = "Velvet-Harbour-" + secrets.token_hex(4)

@@ -19,6 +19,7 @@ from domain.context import Actor, ActorKind, RequestContext, SteppedClock
 from domain.errors import InvalidCommandError, LoginRefusedError
 from domain.ledger import Ledger
 from domain.secrets import totp_code_at_step, totp_step
+from domain.values import AccountKind
 from projections.base import Follower, ViewDB
 from projections.timeline import (
     IDS,
@@ -84,7 +85,7 @@ def build_history(ledger: Ledger, clock: SteppedClock, ctx: RequestContext) -> H
 
     # Day 1: the system opens the staff organisation; staff set up two customers.
     clock.set(DAY1)
-    ledger.open_account(c.OpenAccount(name="staff", kind="staff"), ctx)
+    ledger.open_account(c.OpenAccount(name="staff", kind=AccountKind.STAFF), ctx)
     ledger.register_user(
         c.parse_command(
             c.RegisterUser,

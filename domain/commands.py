@@ -15,12 +15,15 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StringConstraints,
     ValidationError,
     field_validator,
 )
 
 from domain.errors import InvalidCommandError
 from domain.values import AccountKind, Role
+
+Strip = StringConstraints(strip_whitespace=True)
 
 
 def _check_cidr(text: str) -> str:
@@ -39,6 +42,7 @@ def _check_ip(text: str) -> str:
 
 AccountName = Annotated[
     str,
+    Strip,
     Field(
         pattern=r"^[a-z0-9][a-z0-9-]{1,62}$",
         description="lowercase slug: letters, digits and '-', 2-63 chars",
@@ -46,29 +50,32 @@ AccountName = Annotated[
 ]
 Username = Annotated[
     str,
+    Strip,
     Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{1,127}$", description="2-128 chars"),
 ]
-Email = Annotated[str, Field(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$", max_length=254)]
-Label = Annotated[str, Field(min_length=1, max_length=200)]
-Reason = Annotated[str, Field(min_length=1, max_length=500)]
-Cidr = Annotated[str, AfterValidator(_check_cidr)]
-IpAddress = Annotated[str, AfterValidator(_check_ip)]
-Scope = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")]
+Email = Annotated[str, Strip, Field(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$", max_length=254)]
+Label = Annotated[str, Strip, Field(min_length=1, max_length=200)]
+Reason = Annotated[str, Strip, Field(min_length=1, max_length=500)]
+Cidr = Annotated[str, Strip, AfterValidator(_check_cidr)]
+IpAddress = Annotated[str, Strip, AfterValidator(_check_ip)]
+Scope = Annotated[str, Strip, Field(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")]
 Domain = Annotated[
     str,
+    Strip,
     Field(
         pattern=r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]{2,63}$",
         max_length=253,
     ),
 ]
-Selector = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
-CampaignId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")]
-TotpCode = Annotated[str, Field(pattern=r"^[0-9]{6}$")]  # \d would admit non-ASCII digits
-KeyId = Annotated[str, Field(pattern=r"^[0-9A-Za-z]{12}$")]
+Selector = Annotated[str, Strip, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+CampaignId = Annotated[str, Strip, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")]
+TotpCode = Annotated[str, Strip, Field(pattern=r"^[0-9]{6}$")]  # \d would admit non-ASCII digits
+KeyId = Annotated[str, Strip, Field(pattern=r"^[0-9A-Za-z]{12}$")]
 
 
 class Command(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    # Text fields strip surrounding blanks (see Text); secrets are kept exactly as typed.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class OpenAccount(Command):
@@ -179,13 +186,13 @@ class StartTotpEnrolment(Command):
 
 class ConfirmTotpEnrolment(Command):
     username: Username
-    factor_id: Annotated[str, Field(pattern=r"^tf_[0-9a-f]{12}$")]
+    factor_id: Annotated[str, Strip, Field(pattern=r"^tf_[0-9a-f]{12}$")]
     code: TotpCode
 
 
 class RemoveSecondFactor(Command):
     username: Username
-    factor_id: Annotated[str, Field(pattern=r"^tf_[0-9a-f]{12}$")]
+    factor_id: Annotated[str, Strip, Field(pattern=r"^tf_[0-9a-f]{12}$")]
     reason: Reason = "removed by request"
 
 
@@ -202,7 +209,7 @@ class AddAllowlistEntry(Command):
 
 class RemoveAllowlistEntry(Command):
     account: AccountName
-    entry: Annotated[str, Field(min_length=1, max_length=64, description="entry id or CIDR")]
+    entry: Annotated[str, Strip, Field(min_length=1, max_length=64, description="entry id or CIDR")]
     force: bool = False
 
 
@@ -239,8 +246,8 @@ class RetireDkimKey(DkimKeyRef):
 
 class RecordStaffAccess(Command):
     username: Username
-    system: Annotated[str, Field(min_length=1, max_length=100)]
-    resource: Annotated[str, Field(min_length=1, max_length=200)]
+    system: Annotated[str, Strip, Field(min_length=1, max_length=100)]
+    resource: Annotated[str, Strip, Field(min_length=1, max_length=200)]
     action: Literal["read", "export", "write", "delete"] = "read"
     records: Annotated[int, Field(ge=0)]
     customer_accounts: list[AccountName] = Field(default_factory=list)

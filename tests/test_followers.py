@@ -49,10 +49,17 @@ class PositionsView(View):
         ]
 
     def apply_batch(self, tx: Tx, events: Sequence[tuple[int, Any]]) -> None:
-        tx.executemany(
-            f"INSERT INTO {self.t(self.tables[0])}(position, event_type) VALUES (?, ?)",  # noqa: S608
-            [(position, event_type_name(event)) for position, event in events],
-        )
+        table = self.t(self.tables[0])
+        rows = [(position, event_type_name(event)) for position, event in events]
+        if tx.dialect == "postgres":
+            # Two arrays instead of a row per statement: ~10x faster with pure-Python psycopg.
+            tx.execute(
+                f"INSERT INTO {table}(position, event_type) "  # noqa: S608
+                "SELECT * FROM unnest(?::bigint[], ?::text[])",
+                ([r[0] for r in rows], [r[1] for r in rows]),
+            )
+        else:
+            tx.executemany(f"INSERT INTO {table}(position, event_type) VALUES (?, ?)", rows)  # noqa: S608
 
 
 class FragileView(PositionsView):

@@ -214,6 +214,10 @@ class View(ABC):
         cannot be applied; the whole batch is then rolled back.
         """
 
+    def after_build(self, tx: Tx) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Called once a rebuild's shadow tables hold the whole log, just before the swap
+        (e.g. to create indexes that were cheaper to build once than row by row)."""
+
 
 def event_type_name(event: Any) -> str:
     """``User.PasswordChanged`` from the stable topic ``secstate.User.PasswordChanged``."""
@@ -530,6 +534,8 @@ class Follower:
                 raise
             if stopping and stopping.is_set():
                 return -1
+            with self.db.transaction() as tx:
+                self.view.after_build(tx)
             with self.db.transaction() as tx:
                 # Lock the live position first: a follower mid-batch finishes before the
                 # swap, and one arriving after it sees the new position and re-reads.

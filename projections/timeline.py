@@ -201,8 +201,9 @@ class TimelineView(View):
     # The timeline's secondary indexes are not in ``ddl``: a fresh build (first catch-up,
     # or a rebuild's shadow tables) fills the bare table and indexes it once it reaches
     # the head, which at a million rows is ~8x faster than maintaining six indexes row by
-    # row. ``apply_batch`` creates missing ones on any short batch (the follower is at the
-    # head); ``ensure_indexes`` does it on demand (the CLI calls it before querying).
+    # row. A rebuild calls ``after_build`` before its swap; ``apply_batch`` creates
+    # missing ones on any short batch (the follower is at the head); ``ensure_indexes``
+    # does it on demand (the CLI calls it before querying).
 
     def ddl(self, dialect: Dialect) -> list[str]:
         t, touch, ids, i = self.t(TIMELINE), self.t(TOUCH), self.t(IDS), self.i
@@ -301,6 +302,10 @@ class TimelineView(View):
         )
         analysed = int(str(stat[0]).split()[0]) if stat else 0
         return size > 10 * analysed
+
+    def after_build(self, tx: Tx) -> None:
+        """A rebuild holds the whole log: index it once, before the swap."""
+        self.create_missing_indexes(tx)
 
     def ensure_indexes(self, db: ViewDB) -> list[str]:
         """Create whatever index the live timeline lacks and refresh stale statistics;

@@ -24,12 +24,13 @@ the event types and counts; secrets (salts, API keys, TOTP seeds, ids) stay rand
 from __future__ import annotations
 
 import functools
+import heapq
 import ipaddress
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
@@ -282,10 +283,22 @@ def _type_name(topic: str) -> str:
     return topic.removeprefix("secstate.")
 
 
-Action = tuple[datetime, int, Callable[[], None]]
+Process = Iterator[datetime]
+"""A simulated activity: each step runs at the moment the previous step yielded."""
+
+
+def _once(fn: Callable[[], None]) -> Process:
+    fn()
+    yield from ()
 
 
 class _Simulation:
+    """Runs every step of every activity in domain-time order, from one time-ordered queue.
+
+    Each aggregate's events therefore follow its versions in ``occurred_at`` order (the
+    point-in-time replay relies on it), and the log follows domain time closely.
+    """
+
     def __init__(
         self,
         ledger: Ledger,
@@ -304,12 +317,13 @@ class _Simulation:
         self.keyring = ledger.keyring
         self.counts: Counter[str] = Counter()
         self.writer = _Writer(ledger, options.batch_events, self.counts)
+        self.queue: list[tuple[datetime, int, Process]] = []
+        self.seq = 0
         self.customers: list[_SimAccount] = []
         self.staff_org: _SimAccount | None = None
         self.employees: list[_SimUser] = []
         self.attacked: _SimUser | None = None
         self.responder: _SimUser | None = None
-        self.seq = 0
         days = options.weeks * 7
         self.activity_days = [ACTIVITY_START + timedelta(days=d) for d in range(days)]
         self.response_day = self.activity_days[-7]
@@ -329,8 +343,24 @@ class _Simulation:
         self.resets_completed = 0
         self.dkim_rotated = 0
         self.dkim_retired = 0
+        self.onboarded = 0
         self.period_end = STAFF_FOUNDED
-        self.pending_activations: list[Action] = []
+
+    # --- the clockwork ---------------------------------------------------------------
+
+    def spawn(self, at: datetime, process: Process) -> None:
+        self.seq += 1  # ties run in spawn order, so a seed fixes the whole order
+        heapq.heappush(self.queue, (at, self.seq, process))
+
+    def run_until(self, limit: datetime | None) -> None:
+        """Run every step due before ``limit`` (all of them if None), earliest first."""
+        while self.queue and (limit is None or self.queue[0][0] < limit):
+            at, seq, process = heapq.heappop(self.queue)
+            next_at = next(process, None)
+            if next_at is not None:
+                if next_at < at:
+                    raise RuntimeError(f"a demo activity stepped back in time at {at}")
+                heapq.heappush(self.queue, (next_at, seq, process))
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -361,10 +391,6 @@ class _Simulation:
             seconds=int(hour * 3600)
         )
 
-    def action(self, at: datetime, fn: Callable[[], None]) -> Action:
-        self.seq += 1
-        return (at, self.seq, fn)
-
     def register(
         self,
         sa: _SimAccount,
@@ -388,22 +414,27 @@ class _Simulation:
         sa.users.append(su)
         return su
 
-    def enrol_totp(self, su: _SimUser, at: datetime, ip: str, recovery: bool) -> None:
+    def enrol_totp(self, su: _SimUser, at: datetime, ip: str, recovery: bool) -> Process:
         factor_id, seed = su.user.start_totp_enrolment(
             "authenticator app", self.keyring, self.stamp(su.actor, ip, su.user_agent, at)
         )
-        confirm_at = at + timedelta(seconds=45)
+        self.writer.touch(su.user)
+        at += timedelta(seconds=45)
+        yield at
         # The code the user's app shows at that moment, from the seed shown once.
-        code = totp_code_at_step(seed, totp_step(confirm_at))
+        code = totp_code_at_step(seed, totp_step(at))
         su.user.confirm_totp_enrolment(
-            factor_id, code, self.keyring, self.stamp(su.actor, ip, su.user_agent, confirm_at)
+            factor_id, code, self.keyring, self.stamp(su.actor, ip, su.user_agent, at)
         )
         su.totp_seed = seed
-        if recovery:
-            su.recovery_codes = su.user.generate_recovery_codes(
-                10, self.stamp(su.actor, ip, su.user_agent, confirm_at + timedelta(seconds=20))
-            )
         self.writer.touch(su.user)
+        if recovery:
+            at += timedelta(seconds=20)
+            yield at
+            su.recovery_codes = su.user.generate_recovery_codes(
+                10, self.stamp(su.actor, ip, su.user_agent, at)
+            )
+            self.writer.touch(su.user)
 
     def login(
         self,
@@ -414,11 +445,10 @@ class _Simulation:
         *,
         password: str | None = None,
         actor: Actor | None = None,
-        with_second_factor: bool = True,
     ) -> bool:
         user = su.user
         totp_code = recovery_code = None
-        if with_second_factor and su.totp_seed is not None:
+        if su.totp_seed is not None:
             if su.recovery_codes and self.rng.random() < P_RECOVERY_LOGIN:
                 recovery_code = su.recovery_codes.pop()
             else:
@@ -435,11 +465,6 @@ class _Simulation:
         )
         self.writer.touch(user)
         return outcome.allowed
-
-    def run_actions(self, actions: list[Action]) -> None:
-        actions.sort(key=lambda a: (a[0], a[1]))
-        for _, _, fn in actions:
-            fn()
 
     # --- phase 1: the staff organisation ------------------------------------------------
 
@@ -484,23 +509,13 @@ class _Simulation:
 
     def onboard_customers(self) -> None:
         rng = self.rng
-        total = self.options.accounts
-        opened = sorted(
-            (
-                self.at(
-                    ONBOARDING_FIRST_DAY + timedelta(days=rng.randrange(ONBOARDING_DAYS)),
-                    rng.uniform(8, 18),
-                ),
-                i,
-            )
-            for i in range(total)
-        )
-        for done, (at, i) in enumerate(opened, 1):
-            self.customers.append(self.onboard(i, at))
-            if done % 200 == 0 or done == total:
-                self.progress("onboarding customers", done, total)
+        for i in range(self.options.accounts):
+            day = ONBOARDING_FIRST_DAY + timedelta(days=rng.randrange(ONBOARDING_DAYS))
+            at = self.at(day, rng.uniform(8, 18))
+            self.spawn(at, self.onboarding(i, at))
+        self.run_until(datetime.combine(ACTIVITY_START, datetime.min.time(), UTC))
 
-    def onboard(self, i: int, t: datetime) -> _SimAccount:
+    def onboarding(self, i: int, t: datetime) -> Process:
         rng = self.rng
         name = f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}-{i:05d}"
         office_v4 = ipaddress.IPv4Network(
@@ -518,35 +533,42 @@ class _Simulation:
         owner_ip = self.ipv4_in(office_v4)
         owner_ua = rng.choice(BROWSERS)
         owner_actor = Actor(ActorKind.USER, f"{firsts[0]}@{name}")
-        stamp = self.stamp(owner_actor, owner_ip, owner_ua, t)
         display = f"{name.rsplit('-', 1)[0].replace('-', ' ').title()} #{i}"
-        account = Account.open(name, AccountKind.CUSTOMER, display, stamp)
+        account = Account.open(
+            name, AccountKind.CUSTOMER, display, self.stamp(owner_actor, owner_ip, owner_ua, t)
+        )
         sa = _SimAccount(account, rng.choice((-8, -5, -5, 0, 0, 1, 1, 2)), office_v4, office_v6)
+        self.customers.append(sa)
         self.writer.touch(account)
 
         for k, first in enumerate(firsts):
-            role = Role.OWNER if k == 0 else Role.TEAMMATE
             at = t + timedelta(minutes=2 + 7 * k)
+            yield at
             on_v6 = with_v6 and rng.random() < 0.5
-            usual = self.ipv6_in(office_v6) if on_v6 else self.ipv4_in(office_v4)
-            ip = owner_ip if k == 0 else usual
+            usual = (
+                owner_ip
+                if k == 0
+                else (self.ipv6_in(office_v6) if on_v6 else self.ipv4_in(office_v4))
+            )
             su = self.register(
                 sa,
                 f"{first}@{name}",
                 f"{first}.{rng.choice(LAST_NAMES)}@{name}.example",
-                role,
+                Role.OWNER if k == 0 else Role.TEAMMATE,
                 self.stamp(owner_actor, owner_ip, owner_ua, at),
                 ActorKind.USER,
-                usual if k else owner_ip,
+                usual,
                 self.ipv4_in(CUSTOMER_NET_V4),
                 owner_ua if k == 0 else rng.choice(BROWSERS),
             )
             if policy_2fa or rng.random() < SHARE_TOTP:
-                self.enrol_totp(
-                    su, at + timedelta(minutes=3), ip, rng.random() < SHARE_RECOVERY_CODES
+                yield at + timedelta(minutes=3)
+                yield from self.enrol_totp(
+                    su, at + timedelta(minutes=3), usual, rng.random() < SHARE_RECOVERY_CODES
                 )
 
         t2 = t + timedelta(minutes=40)
+        yield t2
         owner_stamp = self.stamp(owner_actor, owner_ip, owner_ua, t2)
         if policy_2fa:
             account.set_two_factor_policy(True, owner_stamp)
@@ -556,16 +578,28 @@ class _Simulation:
             account.add_allowlist_entry(str(office_v4), "office", owner_stamp)
             if with_v6:
                 account.add_allowlist_entry(str(office_v6), "office IPv6", owner_stamp)
+        self.writer.touch(account)
+        self.onboarded += 1
+        if self.onboarded % 200 == 0 or self.onboarded == self.options.accounts:
+            self.progress("onboarding customers", self.onboarded, self.options.accounts)
         if i in self.custom_dkim:
             sa.dkim_domain = f"{name}.example"
             sa.dkim_selector = f"s{t:%Y%m}"
             self.dkim_generate(sa, sa.dkim_selector, owner_stamp, None)
-            later = self.stamp(owner_actor, owner_ip, owner_ua, t2 + timedelta(hours=2))
-            account.publish_dkim_key(sa.dkim_domain, sa.dkim_selector, later)
-            later = self.stamp(owner_actor, owner_ip, owner_ua, t2 + timedelta(hours=26))
-            account.activate_dkim_key(sa.dkim_domain, sa.dkim_selector, later)
-        self.writer.touch(account)
-        return sa
+            yield t2 + timedelta(hours=2)
+            account.publish_dkim_key(
+                sa.dkim_domain,
+                sa.dkim_selector,
+                self.stamp(owner_actor, owner_ip, owner_ua, t2 + timedelta(hours=2)),
+            )
+            self.writer.touch(account)
+            yield t2 + timedelta(hours=26)
+            account.activate_dkim_key(
+                sa.dkim_domain,
+                sa.dkim_selector,
+                self.stamp(owner_actor, owner_ip, owner_ua, t2 + timedelta(hours=26)),
+            )
+            self.writer.touch(account)
 
     def create_api_key(self, sa: _SimAccount, name: str, stamp: Stamp) -> None:
         scopes = ["messages:send", "stats:read"] if name == "production" else ["messages:send"]
@@ -602,46 +636,33 @@ class _Simulation:
 
     # --- phase 3: daily life ---------------------------------------------------------------
 
-    def day_actions(self, day: date) -> list[Action]:
+    def spawn_day(self, day: date) -> None:
         rng = self.rng
         weekday = day.weekday() < 5
         p_login = P_LOGIN_WEEKDAY if weekday else P_LOGIN_WEEKEND
-        after_notice = day >= self.response_day
-        actions: list[Action] = []
+        notice_days = self.response_day < day < self.response_day + timedelta(days=4)
         for sa in self.customers:
             for su in sa.users:
                 if rng.random() < p_login:
-                    local_hour = rng.uniform(8, 18) - sa.tz_hours
-                    at = self.at(day, local_hour)
-                    actions.append(self.action(at, functools.partial(self.customer_visit, su, at)))
+                    at = self.at(day, rng.uniform(8, 18) - sa.tz_hours)
+                    self.spawn(at, self.customer_visit(su, at))
             if rng.random() < P_KEY_ROTATION:
                 at = self.at(day, rng.uniform(9, 17) - sa.tz_hours)
-                actions.append(
-                    self.action(
-                        at,
-                        functools.partial(self.rotate_api_key, sa, at, "scheduled rotation"),
-                    )
+                self.spawn(
+                    at, _once(functools.partial(self.rotate_api_key, sa, at, "scheduled rotation"))
                 )
-            if (
-                after_notice
-                and day < self.response_day + timedelta(days=4)
-                and day > self.response_day
-                and rng.random() < P_KEY_ROTATION_AFTER_NOTICE / 3
-            ):
+            if notice_days and rng.random() < P_KEY_ROTATION_AFTER_NOTICE / 3:
                 at = self.at(day, rng.uniform(9, 17) - sa.tz_hours)
                 reason = f"rotated after DemoMail security notice {INCIDENT_ID}"
-                actions.append(
-                    self.action(at, functools.partial(self.rotate_api_key, sa, at, reason))
-                )
+                self.spawn(at, _once(functools.partial(self.rotate_api_key, sa, at, reason)))
         if weekday and day != self.response_day:
             for su in self.employees:
                 if su.user.disabled or rng.random() < 0.1:  # leave, sick days
                     continue
                 at = self.at(day, rng.uniform(8, 10))
-                actions.append(self.action(at, functools.partial(self.staff_day, su, at)))
-        return actions
+                self.spawn(at, self.staff_day(su, at))
 
-    def customer_visit(self, su: _SimUser, at: datetime) -> None:
+    def customer_visit(self, su: _SimUser, at: datetime) -> Process:
         rng = self.rng
         user = su.user
         if user.disabled or user.locked:
@@ -649,21 +670,24 @@ class _Simulation:
         ip = su.away_ip if rng.random() < P_AWAY else su.usual_ip
         if user.reset_required:
             # The forced-reset email sits in the inbox; some follow the link on this visit.
-            if rng.random() < P_RESET_ON_VISIT:
-                self.complete_reset(su, at, ip)
-                at += timedelta(seconds=70)
-            else:
+            if rng.random() >= P_RESET_ON_VISIT:
                 self.login(su, at, ip, su.user_agent)  # refused: password_reset_required
                 return
+            self.complete_reset(su, at, ip)
+            at += timedelta(seconds=70)
+            yield at
         elif rng.random() < P_TYPO:
             self.login(su, at, ip, su.user_agent, password=su.password[:-1])
             at += timedelta(seconds=12)
-        if self.login(su, at, ip, su.user_agent):
-            # Every control-panel request passes the allowlist check, not just the first.
-            account = su.home.account
-            for _ in range(rng.choice(PAGE_VIEWS)):
-                at += timedelta(seconds=rng.randrange(3, 90))
-                account.check_control_panel_access(ip, self.stamp(su.actor, ip, su.user_agent, at))
+            yield at
+        if not self.login(su, at, ip, su.user_agent):
+            return
+        # Every control-panel request passes the allowlist check, not just the first.
+        account = su.home.account
+        for _ in range(rng.choice(PAGE_VIEWS)):
+            at += timedelta(seconds=rng.randrange(3, 90))
+            yield at
+            account.check_control_panel_access(ip, self.stamp(su.actor, ip, su.user_agent, at))
             self.writer.touch(account)
 
     def complete_reset(self, su: _SimUser, at: datetime, ip: str) -> None:
@@ -675,26 +699,27 @@ class _Simulation:
         self.resets_completed += 1
         self.writer.touch(su.user)
 
-    def staff_day(self, su: _SimUser, at: datetime) -> None:
+    def staff_day(self, su: _SimUser, at: datetime) -> Process:
         rng = self.rng
         if su.user.disabled or not self.login(su, at, su.usual_ip, su.user_agent):
             return
         for k in range(rng.randint(1, 3)):
+            when = at + timedelta(minutes=5 + 40 * k)
+            yield when
+            if su.user.disabled:
+                return
             customer = rng.choice(self.customers)
-            stamp = self.stamp(
-                su.actor, su.usual_ip, su.user_agent, at + timedelta(minutes=5 + 40 * k)
-            )
             su.user.record_internal_access(
                 "support-console",
                 f"accounts/{customer.account.name}/users",
                 "read",
                 len(customer.users),
                 [customer.account.name],
-                stamp,
+                self.stamp(su.actor, su.usual_ip, su.user_agent, when),
             )
-        self.writer.touch(su.user)
+            self.writer.touch(su.user)
 
-    def bot_attack(self, day: date) -> list[Action]:
+    def spawn_bot(self, day: date) -> None:
         """A credential-stuffing bot guesses until a few users lock; support unlocks them."""
         rng = self.rng
         victims = rng.sample(
@@ -702,66 +727,51 @@ class _Simulation:
             k=min(max(1, self.options.accounts // 50), 20),
         )
         bot_ip = self.ipv4_in(BOT_NET)
-        actions: list[Action] = []
         for su in victims:
-            start = self.at(day, rng.uniform(0, 5))
-            actions.append(self.action(start, functools.partial(self.stuff, su, start, bot_ip)))
-        return actions
+            at = self.at(day, rng.uniform(0, 5))
+            self.spawn(at, self.stuffing(su, at, bot_ip))
 
-    def stuff(self, su: _SimUser, at: datetime, bot_ip: str) -> None:
-        bot = Actor(ActorKind.USER, su.user.username)
-        for k in range(self.ledger.lockout_threshold):
+    def stuffing(self, su: _SimUser, at: datetime, bot_ip: str) -> Process:
+        claimed = Actor(ActorKind.USER, su.user.username)
+        for _ in range(self.ledger.lockout_threshold):
             if su.user.locked:
                 break
-            self.login(
-                su,
-                at + timedelta(seconds=7 * k),
-                bot_ip,
-                BOT_AGENT,
-                password=self.password(),
-                actor=bot,
-            )
-
-    def unlock_locked(self, day: date) -> list[Action]:
-        actions: list[Action] = []
-        for sa in self.customers:
-            for su in sa.users:
-                if su.user.locked:
-                    at = self.at(day, 9.5 + self.rng.random())
-                    actions.append(self.action(at, functools.partial(self.unlock, su, at)))
-        return actions
-
-    def unlock(self, su: _SimUser, at: datetime) -> None:
+            self.login(su, at, bot_ip, BOT_AGENT, password=self.password(), actor=claimed)
+            at += timedelta(seconds=7)
+            yield at
+        if not su.user.locked:
+            return
+        # Support unlocks the user the next morning, from the office.
+        at = self.at(at.date() + timedelta(days=1), 9.5 + self.rng.random())
+        yield at
         staff = self.rng.choice([e for e in self.employees if not e.user.disabled])
-        if su.user.locked and not staff.user.disabled:
+        if su.user.locked:
             su.user.unlock(self.stamp(staff.actor, staff.usual_ip, ADMIN_TOOL, at))
             self.writer.touch(su.user)
 
     # --- phase 4: the attacker -----------------------------------------------------------
 
-    def attack_actions(self, night: int, day: date) -> list[Action]:
-        at = self.at(day, 1 + self.rng.uniform(0, 2))
-        return [self.action(at, functools.partial(self.attack, night, day, at))]
-
-    def attack(self, night: int, day: date, at: datetime) -> None:
+    def attack(self, night: int, day: date) -> Process:
         rng = self.rng
         su = self.attacked
         assert su is not None
+        at = self.at(day, 1 + rng.uniform(0, 2))
+        yield at
         ip = self.ipv4_in(ATTACKER_NET_V4) if night < 2 else self.ipv6_in(ATTACKER_NET_V6)
         session = AttackerSession(day, [ip], [ATTACKER_BROWSER], 0, 0, 0, 0, 0, [])
-        session_accounts: set[str] = set()
         self.sessions[day] = session
         if night == 0:  # a fumbled first try with the phished password
             self.login(su, at, ip, ATTACKER_BROWSER, password=su.password + "1")
             session.logins_failed += 1
             at += timedelta(seconds=40)
+            yield at
         if not self.login(su, at, ip, ATTACKER_BROWSER):
             session.logins_failed += 1
             return
         session.logins_succeeded += 1
 
-        names = [sa.account.name for sa in self.customers]
         by_name = {sa.account.name: sa for sa in self.customers}
+        names = sorted(by_name)
         share = (0.1, 0.35, 0.35)[night]
         touched = sorted(rng.sample(names, k=max(1, round(len(names) * share))))
         steps: list[tuple[str, str, str, list[str], str]] = []
@@ -778,20 +788,18 @@ class _Simulation:
             for k in range(0, len(dkim), MAX_ACCOUNTS_PER_ACCESS):
                 chunk = dkim[k : k + MAX_ACCOUNTS_PER_ACCESS]
                 steps.append(("mail-signing", "dkim-keys/export", "export", chunk, ATTACKER_TOOL))
-        for k, (system, resource, action, accounts, agent) in enumerate(steps):
+        session_accounts: set[str] = set()
+        for system, resource, action, accounts, agent in steps:
+            at += timedelta(minutes=2, seconds=rng.randrange(60))
+            yield at
             if resource == "dkim-keys/export":
                 records = len(accounts)
             else:
                 records = sum(len(by_name[n].users) for n in accounts)
-            when = at + timedelta(minutes=2 + 3 * k, seconds=rng.randrange(60))
             su.user.record_internal_access(
-                system,
-                resource,
-                action,
-                records,
-                accounts,
-                self.stamp(su.actor, ip, agent, when),
+                system, resource, action, records, accounts, self.stamp(su.actor, ip, agent, at)
             )
+            self.writer.touch(su.user)
             session.accesses += 1
             session.records_read += records
             if agent not in session.user_agents:
@@ -801,40 +809,30 @@ class _Simulation:
             session_accounts.update(accounts)
         self.attacker_accounts |= session_accounts
         session.customer_accounts_touched = len(session_accounts)
-        self.writer.touch(su.user)
 
-    def attempt_after_disable(self, day: date) -> list[Action]:
+    def attempt_after_disable(self, day: date) -> Process:
         at = self.at(day, 2 + self.rng.uniform(0, 1))
-
-        def attempt() -> None:
-            su = self.attacked
-            assert su is not None
-            if not self.login(su, at, self.ipv4_in(ATTACKER_NET_V4), ATTACKER_BROWSER):
-                self.refused_after_disable += 1
-
-        return [self.action(at, attempt)]
+        yield at
+        su = self.attacked
+        assert su is not None
+        if not self.login(su, at, self.ipv4_in(ATTACKER_NET_V4), ATTACKER_BROWSER):
+            self.refused_after_disable += 1
 
     # --- phase 5: the response -------------------------------------------------------------
 
-    def response_actions(self, day: date) -> list[Action]:
+    def spawn_response(self, day: date) -> None:
         rng = self.rng
-        lead = self.responder
-        assert lead is not None
-        actions = [
-            self.action(self.at(day, 9.2), functools.partial(self.disable_employee, day)),
-            self.action(self.at(day, 9.5), functools.partial(self.require_staff_2fa, day)),
-            self.action(self.at(day, 10.0), functools.partial(self.force_resets, day)),
-        ]
+        self.spawn(self.at(day, 9.2), _once(functools.partial(self.disable_employee, day)))
+        self.spawn(self.at(day, 9.5), _once(functools.partial(self.require_staff_2fa, day)))
+        self.spawn(self.at(day, 10.0), _once(functools.partial(self.force_resets, day)))
         for sa in self.customers:
             if sa.dkim_domain:
                 at = self.at(day, 11 + rng.uniform(0, 3))
-                actions.append(self.action(at, functools.partial(self.rotate_dkim, sa, at)))
+                self.spawn(at, self.rotate_dkim(sa, at))
         for su in self.employees:
-            if su is self.attacked:
-                continue
-            at = self.at(day, 13 + rng.uniform(0, 3))
-            actions.append(self.action(at, functools.partial(self.staff_recovers, su, at)))
-        return actions
+            if su is not self.attacked:
+                at = self.at(day, 13 + rng.uniform(0, 3))
+                self.spawn(at, self.staff_recovers(su, at))
 
     def lead_ctx(self) -> RequestContext:
         lead = self.responder
@@ -910,31 +908,22 @@ class _Simulation:
                     event.mutate(aggregate)  # checks the version follows on
             start = batch[-1].id + 1
 
-    def rotate_dkim(self, sa: _SimAccount, at: datetime) -> None:
+    def rotate_dkim(self, sa: _SimAccount, at: datetime) -> Process:
         assert sa.dkim_domain is not None
         rotator = Actor(ActorKind.SYSTEM, "dkim-rotator")
         selector = f"r{at:%Y%m%d}"
         self.dkim_generate(
             sa, selector, self.stamp(rotator, INTERNAL_JOB_IP, ROTATOR_AGENT, at), DKIM_CAMPAIGN
         )
-        publish_at = at + timedelta(minutes=5)
+        at += timedelta(minutes=5)
+        yield at
         sa.account.publish_dkim_key(
-            sa.dkim_domain,
-            selector,
-            self.stamp(rotator, INTERNAL_JOB_IP, ROTATOR_AGENT, publish_at),
+            sa.dkim_domain, selector, self.stamp(rotator, INTERNAL_JOB_IP, ROTATOR_AGENT, at)
         )
         self.writer.touch(sa.account)
         # Activation waits a day for DNS to propagate; it retires the old key with it.
-        activate_at = at + timedelta(days=1)
-        self.pending_activations.append(
-            self.action(
-                activate_at, functools.partial(self.activate_dkim, sa, selector, activate_at)
-            )
-        )
-
-    def activate_dkim(self, sa: _SimAccount, selector: str, at: datetime) -> None:
-        assert sa.dkim_domain is not None
-        rotator = Actor(ActorKind.SYSTEM, "dkim-rotator")
+        at += timedelta(days=1)
+        yield at
         retired = sa.account.activate_dkim_key(
             sa.dkim_domain, selector, self.stamp(rotator, INTERNAL_JOB_IP, ROTATOR_AGENT, at)
         )
@@ -943,20 +932,23 @@ class _Simulation:
         sa.dkim_selector = selector
         self.writer.touch(sa.account)
 
-    def staff_recovers(self, su: _SimUser, at: datetime) -> None:
+    def staff_recovers(self, su: _SimUser, at: datetime) -> Process:
         """Each employee resets the password and enrols TOTP, as the staff policy now demands."""
         if not su.user.reset_required:
             return
         self.complete_reset(su, at, su.usual_ip)
-        self.enrol_totp(su, at + timedelta(minutes=2), su.usual_ip, recovery=True)
-        self.login(su, at + timedelta(minutes=4), su.usual_ip, su.user_agent)
+        at += timedelta(minutes=2)
+        yield at
+        yield from self.enrol_totp(su, at, su.usual_ip, recovery=True)
+        at += timedelta(minutes=4)
+        yield at
+        self.login(su, at, su.usual_ip, su.user_agent)
 
     # --- the whole story -----------------------------------------------------------------
 
     def run(self) -> None:
         self.found_staff()
         self.onboard_customers()
-        self.writer.flush()
         rng = self.rng
         candidates = [
             d
@@ -966,21 +958,19 @@ class _Simulation:
         bot_days = sorted(rng.sample(candidates, k=2))
         total = len(self.activity_days)
         for done, day in enumerate(self.activity_days, 1):
-            actions = self.day_actions(day)
+            self.spawn_day(day)
             if day in bot_days:
-                actions += self.bot_attack(day)
-            if any(day == b + timedelta(days=1) for b in bot_days):
-                actions += self.unlock_locked(day)
+                self.spawn_bot(day)
             if day in self.attack_days:
-                actions += self.attack_actions(self.attack_days.index(day), day)
+                self.spawn(self.at(day, 0), self.attack(self.attack_days.index(day), day))
             if day == self.response_day:
-                actions += self.response_actions(day)
-            if day == self.response_day + timedelta(days=1):
-                actions += self.pending_activations
+                self.spawn_response(day)
             if day == self.response_day + timedelta(days=2):
-                actions += self.attempt_after_disable(day)
-            self.run_actions(actions)
+                self.spawn(self.at(day, 0), self.attempt_after_disable(day))
+            # Late visits (customers west of UTC) run on into the next UTC day.
+            self.run_until(self.at(day + timedelta(days=1), 0))
             self.progress("daily activity 2015", done, total)
+        self.run_until(None)
         self.writer.flush()
 
 

@@ -272,6 +272,12 @@ class TimelineView(View):
 
     def create_missing_indexes(self, tx: Tx) -> list[str]:
         missing = self.missing_indexes(tx)
+        if missing and tx.dialect == "postgres":
+            # Index names carry a per-instance token, so two processes indexing at once
+            # would each create a set. This lock is self-exclusive (SQLite's BEGIN
+            # IMMEDIATE already is); readers are not blocked. Then look again.
+            tx.execute(f"LOCK TABLE {self.t(TIMELINE)} IN SHARE ROW EXCLUSIVE MODE")
+            missing = self.missing_indexes(tx)
         for name in missing:
             tx.execute(
                 f"CREATE INDEX {self.i(name)} ON {self.t(TIMELINE)} {TIMELINE_INDEXES[name]}"

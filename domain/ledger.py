@@ -108,11 +108,24 @@ class BulkResult:
 ProgressCallback = Callable[[int, int], None]
 
 
+def _project(aggregate: Any, events: Iterable[Any]) -> Any:
+    """The library's project_aggregate without its per-event protocol assert.
+
+    ``isinstance(event, CanMutateProtocol)`` re-walks the protocol's members on every
+    call: ~40 us per replayed event on Python 3.11, more than decoding the event. Every
+    event we store is an Aggregate.Event, which has mutate().
+    """
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
 class Ledger(Application[uuid.UUID]):
     """secstate's event-sourced command side."""
 
     name = "secstate"
     snapshotting_intervals: ClassVar[dict[Any, int]] = {User: 100, Account: 100}
+    snapshotting_projectors: ClassVar[dict[Any, Any]] = {User: _project, Account: _project}
 
     def __init__(
         self,
@@ -163,7 +176,7 @@ class Ledger(Application[uuid.UUID]):
 
     def load(self, cls: type[A], aggregate_id: uuid.UUID) -> A:
         """Get an aggregate of a known class; AggregateNotFoundError if absent."""
-        aggregate: Any = self.repository.get(aggregate_id)
+        aggregate: Any = self.repository.get(aggregate_id, projector_func=_project)
         if not isinstance(aggregate, cls):
             raise TypeError(f"{aggregate_id} is a {type(aggregate).__name__}, not {cls.__name__}")
         return aggregate

@@ -313,12 +313,21 @@ def machine_info(with_postgres: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         "eventsourcing": _version("eventsourcing"),
         "pydantic": _version("pydantic"),
-        "psycopg": _version("psycopg"),
+        "psycopg": f"{_version('psycopg')} ({_psycopg_impl()})",
         "argon2-cffi": _version("argon2-cffi"),
         "sqlite": sqlite3.sqlite_version,
         "postgresql": postgres_version() if with_postgres else None,
         "tmpdir": tempfile.gettempdir(),
     }
+
+
+def _psycopg_impl() -> str:
+    """'binary', 'c' or 'python': the pure-Python one is several times slower."""
+    try:
+        import psycopg
+    except ImportError:
+        return "not installed"
+    return str(psycopg.pq.__impl__)
 
 
 def _cpu_model() -> str:

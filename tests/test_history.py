@@ -4,14 +4,15 @@ users (or of one user), in order, with a readable diff of the security state."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
 from pydantic import SecretStr
-from test_state_view import Cli, Scenario, run_scenario, stored_secrets
+from test_state_view import Cli, Scenario, World, Worlds, stored_secrets
 
 from domain import commands as c
-from domain.context import RequestContext, SteppedClock
+from domain.context import RequestContext
 from domain.errors import UnknownAccountError, UnknownUserError
 from domain.ledger import Ledger
 from projections.history import (
@@ -31,9 +32,33 @@ def cli(
     return Cli(settings, capsys, monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worlds]:
+    opened = Worlds(tmp_path_factory)
+    yield opened
+    opened.close()
+
+
 @pytest.fixture
-def scenario(ledger: Ledger, clock: SteppedClock, ctx: RequestContext) -> Scenario:
-    return run_scenario(ledger, clock, ctx)
+def world(backend: str, worlds: Worlds) -> World:
+    return worlds.get(backend)
+
+
+@pytest.fixture
+def world_cli(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Cli:
+    return Cli(world.settings, capsys, monkeypatch)
+
+
+@pytest.fixture
+def scenario(world: World) -> Scenario:
+    return world.scenario
+
+
+@pytest.fixture
+def scenario_ledger(world: World) -> Ledger:
+    return world.ledger
 
 
 def changes_of(entries: list[HistoryEntry], subject: str, type_: str, nth: int = 0) -> list[str]:
@@ -41,9 +66,11 @@ def changes_of(entries: list[HistoryEntry], subject: str, type_: str, nth: int =
     return found[nth].changes
 
 
-def test_account_history_says_what_each_event_changed(ledger: Ledger, scenario: Scenario) -> None:
+def test_account_history_says_what_each_event_changed(
+    scenario_ledger: Ledger, scenario: Scenario
+) -> None:
     # when
-    entries = account_history(ledger, "acme")
+    entries = account_history(scenario_ledger, "acme")
     # then
     assert changes_of(entries, "acme", "Account.Opened") == ["+ account acme (customer, Acme Ltd)"]
     assert changes_of(entries, "alice", "User.Registered") == [
@@ -94,16 +121,16 @@ def test_account_history_says_what_each_event_changed(ledger: Ledger, scenario: 
 
 
 def test_account_history_is_in_time_order_with_each_aggregates_versions_in_sequence(
-    ledger: Ledger, scenario: Scenario
+    scenario_ledger: Ledger, scenario: Scenario
 ) -> None:
     # when
-    entries = account_history(ledger, "acme")
+    entries = account_history(scenario_ledger, "acme")
     # then
     assert [e.occurred_at for e in entries] == sorted(e.occurred_at for e in entries)
     for name, last_version in (
-        ("acme", ledger.get_account("acme").version),
-        ("alice", ledger.get_user("alice").version),
-        ("bob", ledger.get_user("bob").version),
+        ("acme", scenario_ledger.get_account("acme").version),
+        ("alice", scenario_ledger.get_user("alice").version),
+        ("bob", scenario_ledger.get_user("bob").version),
     ):
         versions = [e.version for e in entries if e.subject == name]
         assert versions == list(range(1, last_version + 1)), name
@@ -113,23 +140,25 @@ def test_account_history_is_in_time_order_with_each_aggregates_versions_in_seque
     }
 
 
-def test_user_history_holds_only_that_users_events(ledger: Ledger, scenario: Scenario) -> None:
+def test_user_history_holds_only_that_users_events(
+    scenario_ledger: Ledger, scenario: Scenario
+) -> None:
     # when
-    entries = user_history(ledger, "bob")
+    entries = user_history(scenario_ledger, "bob")
     # then
     assert {e.subject for e in entries} == {"bob"}
     assert {e.subject_kind for e in entries} == {"user"}
-    assert len(entries) == ledger.get_user("bob").version
+    assert len(entries) == scenario_ledger.get_user("bob").version
 
 
 def test_history_window_diffs_from_the_true_state_before_it(
-    ledger: Ledger, scenario: Scenario
+    scenario_ledger: Ledger, scenario: Scenario
 ) -> None:
     # given a window opening after the key was generated and closing before it is active
     since = scenario.time_of("publish s1")
     until = scenario.time_of("publish s1") + timedelta(minutes=1)
     # when
-    entries = account_history(ledger, "acme", since, until)
+    entries = account_history(scenario_ledger, "acme", since, until)
     # then the one event in it is diffed against the state its predecessors left
     assert [(e.type, e.changes) for e in entries] == [
         (
@@ -142,11 +171,11 @@ def test_history_window_diffs_from_the_true_state_before_it(
     ]
 
 
-def test_history_shows_no_secret(ledger: Ledger, scenario: Scenario) -> None:
+def test_history_shows_no_secret(scenario_ledger: Ledger, scenario: Scenario) -> None:
     # when
-    dumped = json.dumps([e.to_json() for e in account_history(ledger, "acme")])
+    dumped = json.dumps([e.to_json() for e in account_history(scenario_ledger, "acme")])
     # then
-    secrets = scenario.secrets | stored_secrets(ledger)
+    secrets = scenario.secrets | stored_secrets(scenario_ledger)
     assert not [s for s in secrets if s in dumped]
     assert "$argon2" not in dumped
     assert "public_key_sha256" in dumped
@@ -184,14 +213,14 @@ def test_a_name_of_both_an_account_and_a_user_is_the_account_unless_forced(
 
 
 def test_history_command_prints_the_replay_as_json_and_as_a_table(
-    ledger: Ledger, scenario: Scenario, cli: Cli
+    scenario_ledger: Ledger, scenario: Scenario, world_cli: Cli
 ) -> None:
     # when
-    out = cli.ok("history", "acme", "--json").json()
-    table = cli.ok("history", "acme").out
+    out = world_cli.ok("history", "acme", "--json").json()
+    table = world_cli.ok("history", "acme").out
     # then
     assert out["subject_kind"] == "account"
-    assert out["entries"] == [e.to_json() for e in account_history(ledger, "acme")]
+    assert out["entries"] == [e.to_json() for e in account_history(scenario_ledger, "acme")]
     for needle in (
         "history of account acme",
         "+ API key ci-deploy (mail.send)",
@@ -204,13 +233,13 @@ def test_history_command_prints_the_replay_as_json_and_as_a_table(
 
 
 def test_history_command_takes_a_user_and_a_window(
-    ledger: Ledger, scenario: Scenario, cli: Cli
+    scenario_ledger: Ledger, scenario: Scenario, world_cli: Cli
 ) -> None:
     # given
     since = scenario.time_of("bob guess 1").isoformat()
     until = scenario.time_of("unlock bob").strftime("%Y-%m-%dT%H:%M:%S")  # naive: UTC
     # when
-    out = cli.ok("history", "bob", "--since", since, "--until", until, "--json").json()
+    out = world_cli.ok("history", "bob", "--since", since, "--until", until, "--json").json()
     # then
     assert out["subject_kind"] == "user"
     assert [e["type"] for e in out["entries"]] == [

@@ -6,11 +6,12 @@ through every kind of event, and across the snapshots the ledger takes every 100
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import SecretStr
-from test_state_view import STEP, Cli, aggregate_doc, run_scenario
+from test_state_view import STEP, Cli, World, Worlds
 
 from domain import commands as c
 from domain.context import RequestContext, Stamp, SteppedClock
@@ -28,6 +29,18 @@ def cli(
     return Cli(settings, capsys, monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worlds]:
+    opened = Worlds(tmp_path_factory)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def world(backend: str, worlds: Worlds) -> World:
+    return worlds.get(backend)
+
+
 def without_clock(doc: Document) -> Document:
     """The document minus what depends on the moment of reading (as_of, password ages)."""
     stripped = {k: v for k, v in doc.items() if k != "as_of"}
@@ -37,17 +50,9 @@ def without_clock(doc: Document) -> Document:
     return stripped
 
 
-def test_state_at_each_step_equals_the_state_recorded_right_after_it(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext
-) -> None:
+def test_state_at_each_step_equals_the_state_recorded_right_after_it(world: World) -> None:
     # given the document recorded right after every step of the scenario
-    recorded: list[tuple[str, datetime, Document]] = []
-    run_scenario(
-        ledger,
-        clock,
-        ctx,
-        after_step=lambda label, t: recorded.append((label, t, aggregate_doc(ledger, "acme", t))),
-    )
+    ledger, recorded = world.ledger, world.recorded
     assert len({t for _, t, _ in recorded}) == len(recorded)
     for label, t, doc in recorded:
         # when / then: at the step's own time, and just before the next step
@@ -56,11 +61,9 @@ def test_state_at_each_step_equals_the_state_recorded_right_after_it(
         assert without_clock(later) == without_clock(doc), label
 
 
-def test_state_at_only_lists_users_who_were_members_then(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext
-) -> None:
+def test_state_at_only_lists_users_who_were_members_then(world: World) -> None:
     # given
-    s = run_scenario(ledger, clock, ctx)
+    ledger, s = world.ledger, world.scenario
     # when
     before_bob = state_at(ledger, "acme", s.time_of("register bob") - timedelta(seconds=1))
     after_bob = state_at(ledger, "acme", s.time_of("register bob"))
@@ -142,12 +145,9 @@ def test_state_at_refuses_an_unknown_account(ledger: Ledger) -> None:
         state_at(ledger, "nosuch", datetime.now(UTC))
 
 
-def test_naive_time_is_taken_as_utc(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext
-) -> None:
+def test_naive_time_is_taken_as_utc(world: World) -> None:
     # given
-    s = run_scenario(ledger, clock, ctx)
-    t = s.time_of("revoke stats")
+    ledger, t = world.ledger, world.scenario.time_of("revoke stats")
     # when / then
     assert state_at(ledger, "acme", t.replace(tzinfo=None)) == state_at(ledger, "acme", t)
 
@@ -156,11 +156,11 @@ def test_naive_time_is_taken_as_utc(
 
 
 def test_state_command_at_a_past_time_replays_the_event_store(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext, cli: Cli
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given
-    s = run_scenario(ledger, clock, ctx)
-    t = s.time_of("revoke stats")
+    ledger, t = world.ledger, world.scenario.time_of("revoke stats")
+    cli = Cli(world.settings, capsys, monkeypatch)
     # when
     out = cli.ok("state", "acme", "--at", t.isoformat(), "--json").json()
     naive = cli.ok("state", "acme", "--at", t.strftime("%Y-%m-%dT%H:%M:%S"), "--json").json()

@@ -16,9 +16,12 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from secrets import token_hex
 from typing import Any
 
+import psycopg
 import pytest
+from conftest import POSTGRES_URL, START, make_settings, postgres_problem
 from pydantic import SecretStr
 
 from domain import commands as c
@@ -30,7 +33,7 @@ from domain.values import Role
 from projections.base import Follower, ProjectionFailedError, ViewDB
 from projections.history import SECRET_FIELDS
 from projections.state import Document, StateView, state_from_aggregates
-from secstate.bootstrap import open_view_db
+from secstate.bootstrap import build_ledger, open_view_db
 from secstate.cli import run
 from secstate.cli.common import STATE
 from secstate.settings import Settings
@@ -366,6 +369,89 @@ def cli(
     return Cli(settings, capsys, monkeypatch)
 
 
+# --- one scenario per backend, shared by the read-only tests of a module ---------------------
+
+
+@dataclass
+class World:
+    """A store holding the scenario, with the document recorded right after each step."""
+
+    settings: Settings
+    ledger: Ledger
+    clock: SteppedClock
+    scenario: Scenario
+    recorded: list[tuple[str, datetime, Document]]
+    schema: str | None = None
+
+    def view_db(self) -> ViewDB:
+        return open_view_db(self.settings, StateView.name)
+
+
+class Worlds:
+    """Opens a World per backend on first use; closes them all at the end of the module."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.opened: dict[str, World] = {}
+
+    def get(self, backend: str) -> World:
+        if backend not in self.opened:
+            self.opened[backend] = self._open(backend)
+        return self.opened[backend]
+
+    def _open(self, backend: str) -> World:
+        schema = None
+        if backend == "postgres":
+            problem = postgres_problem()
+            if problem:
+                pytest.skip(problem)
+            schema = "t_state_" + token_hex(5)
+            with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                conn.execute(f'CREATE SCHEMA "{schema}"')
+        settings = make_settings(backend, self.tmp_path_factory.mktemp(backend), schema)
+        clock = SteppedClock(START)
+        ledger = build_ledger(settings, clock=clock)
+        recorded: list[tuple[str, datetime, Document]] = []
+        scenario = run_scenario(
+            ledger,
+            clock,
+            RequestContext(source_ip="198.51.100.10", user_agent="pytest"),
+            after_step=lambda label, t: recorded.append(
+                (label, t, aggregate_doc(ledger, "acme", t))
+            ),
+        )
+        return World(settings, ledger, clock, scenario, recorded, schema)
+
+    def close(self) -> None:
+        for world in self.opened.values():
+            world.ledger.close()
+            if world.schema:
+                with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+                    conn.execute(f'DROP SCHEMA IF EXISTS "{world.schema}" CASCADE')
+
+
+@pytest.fixture(scope="module")
+def worlds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worlds]:
+    opened = Worlds(tmp_path_factory)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def world(backend: str, worlds: Worlds) -> World:
+    return worlds.get(backend)
+
+
+@pytest.fixture
+def world_view(world: World) -> Iterator[StateView]:
+    """The state view of the world's store, caught up."""
+    db = world.view_db()
+    view = StateView(db)
+    Follower(world.ledger, view, db).catch_up()
+    yield view
+    db.close()
+
+
 @pytest.fixture
 def view_db(settings: Settings) -> Iterator[ViewDB]:
     db = open_view_db(settings, StateView.name)
@@ -377,27 +463,23 @@ def view_db(settings: Settings) -> Iterator[ViewDB]:
 
 
 def test_view_equals_the_document_of_the_replayed_aggregates(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext, view_db: ViewDB
+    world: World, world_view: StateView
 ) -> None:
-    # given a scenario with every kind of security event
-    run_scenario(ledger, clock, ctx)
-    view = StateView(view_db)
-    # when the view catches up
-    Follower(ledger, view, view_db).catch_up()
-    # then it shows exactly what the aggregates say, password ages included
-    as_of = clock.now() + timedelta(days=40)
-    assert view.get_account_state("acme", as_of) == aggregate_doc(ledger, "acme", as_of)
+    # given a scenario with every kind of security event, and the view caught up with it
+    # when / then: it shows exactly what the aggregates say, password ages included
+    as_of = world.clock.now() + timedelta(days=40)
+    assert world_view.get_account_state("acme", as_of) == aggregate_doc(world.ledger, "acme", as_of)
 
 
 def test_view_document_shows_the_security_state_the_scenario_left(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext, view_db: ViewDB
+    world: World, world_view: StateView
 ) -> None:
     # given
-    s = run_scenario(ledger, clock, ctx)
-    view = StateView(view_db)
-    Follower(ledger, view, view_db).catch_up()
+    s = world.scenario
     # when
-    doc = view.get_account_state("acme", s.time_of("alice resets") + timedelta(days=3, hours=1))
+    doc = world_view.get_account_state(
+        "acme", s.time_of("alice resets") + timedelta(days=3, hours=1)
+    )
     # then
     assert list(doc) == [
         "as_of",
@@ -446,20 +528,17 @@ def test_view_document_shows_the_security_state_the_scenario_left(
     assert all(len(k["public_key_sha256"]) == 64 for k in doc["dkim_keys"])
 
 
-def test_no_secret_enters_the_view(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext, view_db: ViewDB
-) -> None:
-    # given
-    s = run_scenario(ledger, clock, ctx)
-    secrets = s.secrets | stored_secrets(ledger)
+def test_no_secret_enters_the_view(world: World, world_view: StateView) -> None:
+    # given a view caught up with a scenario that handled many secrets
+    secrets = world.scenario.secrets | stored_secrets(world.ledger)
     assert len(secrets) > 20
     # when
-    Follower(ledger, StateView(view_db), view_db).catch_up()
-    # then no stored row contains a secret, a hash or a sealed value
-    with view_db.reading() as tx:
+    assert world_view.db is not None
+    with world_view.db.reading() as tx:
         rows = tx.query_all("SELECT * FROM state_accounts") + tx.query_all(
             "SELECT * FROM state_users"
         )
+    # then no stored row contains a secret, a hash or a sealed value
     dump = json.dumps([[str(v) for v in row] for row in rows])
     assert "alice" in dump
     assert not [x for x in secrets if x in dump]
@@ -483,13 +562,9 @@ def test_view_maintained_in_small_batches_equals_a_rebuilt_one(
     assert incremental == aggregate_doc(ledger, "acme", as_of)
 
 
-def test_users_table_says_who_still_needs_a_reset(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext, view_db: ViewDB
-) -> None:
+def test_users_table_says_who_still_needs_a_reset(world_view: StateView) -> None:
     # given alice completed the campaign's reset and bob did not
-    run_scenario(ledger, clock, ctx)
-    view = StateView(view_db)
-    Follower(ledger, view, view_db).catch_up()
+    view = world_view
     # when / then
     assert [u["username"] for u in view.users_needing_reset("breach-2026")] == ["bob"]
     assert [u["username"] for u in view.users_needing_reset(account="acme")] == ["bob"]
@@ -521,10 +596,10 @@ def test_view_refuses_an_event_type_it_has_no_handler_for(
 
 
 def test_state_command_catches_the_view_up_and_prints_the_document(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext, cli: Cli
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given
-    run_scenario(ledger, clock, ctx)
+    ledger, cli = world.ledger, Cli(world.settings, capsys, monkeypatch)
     # when
     out = cli.ok("state", "acme", "--json").json()
     # then
@@ -551,12 +626,12 @@ def test_state_command_without_catch_up_says_how_stale_the_view_is(
 
 
 def test_state_command_shows_account_users_keys_allowlist_and_dkim_tables(
-    ledger: Ledger, clock: SteppedClock, ctx: RequestContext, cli: Cli
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # given
-    s = run_scenario(ledger, clock, ctx)
+    s = world.scenario
     # when
-    out = cli.ok("state", "acme").out
+    out = Cli(world.settings, capsys, monkeypatch).ok("state", "acme").out
     # then
     for needle in (
         "security state of acme",

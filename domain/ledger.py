@@ -11,9 +11,9 @@ from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Transcoding
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording, Transcoding
 
 from domain import commands as cmd
 from domain.account import Account, ApiKeyIndex
@@ -438,6 +438,28 @@ class Ledger(Application[uuid.UUID]):
             return self.load(User, user_id)
         except AggregateNotFoundError:
             raise UnknownUserError(f"no user with id {user_id}") from None
+
+    def save_chronologically(self, *aggregates: Aggregate) -> list[Recording[uuid.UUID]]:
+        """``save()``, but the events of all the aggregates get log positions in the order
+        they occurred, so a bulk import or replay reads chronologically in the timeline.
+
+        Falls back to the plain order if sorting would put an aggregate's versions out of
+        order (its occurred_at went backwards).
+        """
+        processing = ProcessingEvent[uuid.UUID]()
+        processing.collect_events(*aggregates)
+        by_time = sorted(processing.events, key=lambda e: e.occurred_at)  # type: ignore[attr-defined]
+        last: dict[uuid.UUID, int] = {}
+        for event in by_time:
+            if last.get(event.originator_id, 0) > event.originator_version:
+                break
+            last[event.originator_id] = event.originator_version
+        else:
+            processing.events[:] = by_time
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        return recordings
 
     def iter_user_events(
         self, batch: int = 5000, only: Container[uuid.UUID] | None = None

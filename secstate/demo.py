@@ -273,7 +273,7 @@ class _Writer:
         for aggregate in aggregates:
             for event in aggregate.pending_events:
                 self.counts[event_type_name(event)] += 1
-        self.ledger.save(*aggregates)
+        self.ledger.save_chronologically(*aggregates)
         self.saves += 1
         self._dirty.clear()
         self._pending = 0

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from domain.commands import describe_validation_error
 from domain.errors import InvalidCommandError, SecStateError
-from secstate.cli.common import STATE, err_console, root_callback
+from secstate.cli.common import STATE, err_console, refresh_console_width, root_callback
 
 app = typer.Typer(
     name="secstate",
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
+    refresh_console_width()
     try:
         result = _command()(args=argv, standalone_mode=False)
     except typer.Abort:

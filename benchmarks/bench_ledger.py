@@ -12,7 +12,8 @@
     Each case has its own N aggregates that start with two events and get one event per
     round, so both sides replay equally long histories and no snapshot falls due (ours
     snapshot every 100 events). The cases take turns in chunks of 50 commands. Also
-    measured: ours with the system actor (no actor check), to show what that check costs.
+    measured: ours with the system actor (no actor check), to show what that check costs;
+    then one more pass over ours and bare timed step by step.
 (c) ``Ledger.require_password_resets`` over M users, by ``everyone=True`` (one scan of
     the log) and by ``accounts=[...]`` (every account named), each run a new campaign;
     next to the bare library doing the same work both ways: scan the log and replay
@@ -41,6 +42,7 @@ from eventsourcing.domain import Aggregate, event
 from benchmarks.common import (
     BACKENDS,
     RESULTS_DIR,
+    StepTimer,
     Store,
     Summary,
     fmt_num,
@@ -61,7 +63,7 @@ from domain import commands as cmd
 from domain.account import Account
 from domain.commands import parse_command
 from domain.context import SYSTEM_ACTOR, Actor, ActorKind, RequestContext, Stamp, SystemClock
-from domain.ledger import Ledger
+from domain.ledger import Ledger, _project
 from domain.secrets import Argon2Parameters, PasswordHasher
 from domain.user import User
 from domain.values import AccountKind, Role
@@ -195,6 +197,43 @@ def bare_run(app: BareApp, ids: Sequence[uuid.UUID], payload: str) -> None:
         app.save(aggregate)
 
 
+def ours_steps(
+    ledger: Ledger,
+    bare: BareApp,
+    targets: Sequence[tuple[str, str]],
+    bare_ids: Sequence[uuid.UUID],
+    nets: Sequence[str],
+    payload: str,
+) -> dict[str, dict[str, float]]:
+    """Ours' path (as Ledger._on_account runs it) and the bare one, timed step by step."""
+    timer = StepTimer()
+    for (account, owner), cidr, bare_id in zip(targets, nets, bare_ids, strict=True):
+        with timer.step("request context + pydantic command"):
+            ctx = RequestContext(Actor(ActorKind.USER, owner), SOURCE_IP, USER_AGENT)
+            command = parse_command(
+                cmd.AddAllowlistEntry, account=account, cidr=cidr, label="office"
+            )
+        with timer.step("actor check: load the acting user (2 queries)"):
+            ledger._check_actor(ctx)
+        with timer.step("load the account (2 queries: snapshot, events)"):
+            loaded = ledger.get_account(command.account)
+        with timer.step("  for comparison: the account's events alone (1 query)"):
+            _project(None, ledger.events.get(loaded.id))
+        with timer.step("stamp"):
+            stamp = ledger.stamp(ctx)
+        with timer.step("domain: Account.add_allowlist_entry"):
+            loaded.add_allowlist_entry(command.cidr, command.label, stamp)
+        with timer.step("save (one write transaction)"):
+            ledger.save(loaded)
+        with timer.step("bare: repository.get (1 query)"):
+            aggregate: BareAggregate = bare.repository.get(bare_id)
+        with timer.step("bare: the method"):
+            aggregate.note(payload)
+        with timer.step("bare: save"):
+            bare.save(aggregate)
+    return timer.per_item(len(targets))
+
+
 def bench_one_event(
     store: Store, events: int, repeat: int, profile_dir: Path | None
 ) -> dict[str, Any]:
@@ -241,7 +280,10 @@ def bench_one_event(
         with profiled(profile_dir / f"ledger-{backend}-bare.prof"):
             bare_run(bare, bare_ids, payload)
 
+    log(f"[{backend}] (a/b) one more pass, step by step")
+    steps = ours_steps(ledger, bare, owned, bare_ids, cidrs((repeat + 2) * events, events), payload)
     return {
+        "steps_us_per_command": steps,
         "events_per_round": events,
         "rounds": repeat,
         "chunk": CHUNK,
@@ -474,6 +516,22 @@ def report(results: dict[str, Any]) -> None:
                 "bare/ours CPU",
             ],
             rows,
+        )
+    if one_event:
+        backends = list(one_event)
+        names = list(next(iter(one_event.values()))["steps_us_per_command"])
+        print_table(
+            "(a)/(b) step by step, us per command (wall / CPU), after the rounds",
+            ["step", *backends],
+            [
+                [name]
+                + [
+                    f"{fmt_num(a['steps_us_per_command'][name]['wall_us'])} / "
+                    f"{fmt_num(a['steps_us_per_command'][name]['cpu_us'])}"
+                    for a in one_event.values()
+                ]
+                for name in names
+            ],
         )
     rows = []
     for backend, c in bulk.items():

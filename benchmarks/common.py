@@ -208,6 +208,30 @@ def interleave_chunks(
     return samples
 
 
+class StepTimer:
+    """Wall and CPU time summed per named step, for a step-by-step breakdown of a path."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall_start
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu_start
+
+    def per_item(self, items: int) -> dict[str, dict[str, float]]:
+        """Microseconds per item, wall and CPU, per step, in the order first seen."""
+        return {
+            name: {"wall_us": self.wall[name] / items * 1e6, "cpu_us": self.cpu[name] / items * 1e6}
+            for name in self.wall
+        }
+
+
 @dataclass(frozen=True)
 class Summary:
     median: float

@@ -96,6 +96,9 @@ def test_account_history_says_what_each_event_changed(
     assert changes_of(entries, "acme", "Account.TwoFactorPolicyChanged") == [
         "two_factor_required: false → true"
     ]
+    assert changes_of(entries, "acme", "Account.TwoFactorPolicyChanged", 1) == [
+        "two_factor_required: true → false"
+    ]
     assert changes_of(entries, "alice", "User.TotpEnrolmentStarted") == [
         "+ pending enrolment totp (phone)"
     ]

@@ -276,6 +276,12 @@ def run_scenario(
             ),
         ),
         ("totp backup", lambda: start_totp("backup")),
+        (
+            "relax 2fa",
+            lambda: ledger.set_two_factor_policy(
+                c.SetTwoFactorPolicy(account="acme", required=False), ctx
+            ),
+        ),
     ]
     s.secrets.update({PASSWORD, NEW_PASSWORD, WRONG_PASSWORD})
     for label, step in steps:
@@ -495,7 +501,7 @@ def test_view_document_shows_the_security_state_the_scenario_left(
         "kind": "customer",
         "display_name": "Acme Ltd",
         "opened_at": s.time_of("open").isoformat(),
-        "two_factor_required": True,
+        "two_factor_required": False,
     }
     alice, bob = doc["users"]
     assert (alice["username"], alice["status"], bob["username"], bob["status"]) == (

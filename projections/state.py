@@ -622,8 +622,12 @@ class StateView(View):
     # --- applying events -----------------------------------------------------------------
 
     def apply_batch(self, tx: Tx, events: Sequence[tuple[int, Any]]) -> None:
-        plan: list[tuple[int, Any, str, Handler, bool]] = []
-        wanted: dict[str, set[str]] = {_A: set(), _U: set()}
+        # Every record in these two dicts is touched by the batch, so all are written back.
+        accounts: dict[str, Record] = {}
+        users: dict[str, Record] = {}
+        plan: list[tuple[int, Any, str, dict[str, Record], Handler, bool]] = []
+        wanted_accounts: set[str] = set()
+        wanted_users: set[str] = set()
         for position, event in events:
             topic: str = getattr(type(event), "TOPIC", "")
             entry = HANDLERS.get(topic)
@@ -639,30 +643,29 @@ class StateView(View):
                     LookupError(f"the state view has no handler for {topic}"),
                 )
             kind, handler, creates = entry
-            plan.append((position, event, kind, handler, creates))
-            if not creates:
-                wanted[kind].add(str(event.originator_id))
-
-        cache: dict[str, dict[str, Record]] = {
-            _A: self._load(tx, self.t(ACCOUNTS_TABLE), "account_id", wanted[_A]),
-            _U: self._load(tx, self.t(USERS_TABLE), "user_id", wanted[_U]),
-        }
-        dirty: dict[str, dict[str, Record]] = {_A: {}, _U: {}}
-        for position, event, kind, handler, creates in plan:
             key = str(event.originator_id)
-            records = cache[kind]
+            if kind == _A:
+                plan.append((position, event, key, accounts, handler, creates))
+                if not creates:
+                    wanted_accounts.add(key)
+            else:
+                plan.append((position, event, key, users, handler, creates))
+                if not creates:
+                    wanted_users.add(key)
+
+        accounts.update(self._load(tx, self.t(ACCOUNTS_TABLE), "account_id", wanted_accounts))
+        users.update(self._load(tx, self.t(USERS_TABLE), "user_id", wanted_users))
+        for position, event, key, records, handler, creates in plan:
             record = records.get(key)
             try:
                 if record is None and not creates:
-                    raise LookupError(f"no {kind} record {key} in the state view")
-                record = handler(record, event)
+                    raise LookupError(f"no record {key} in the state view")
+                records[key] = handler(record, event)
             except Exception as e:
                 raise ProjectionFailedError(self.name, position, event_type_name(event), e) from e
-            records[key] = record
-            dirty[kind][key] = record
 
-        self._write_accounts(tx, dirty[_A].values())
-        self._write_users(tx, dirty[_U].values())
+        self._write_accounts(tx, accounts.values())
+        self._write_users(tx, users.values())
 
     @staticmethod
     def _load(tx: Tx, table: str, key_column: str, keys: set[str]) -> dict[str, Record]:

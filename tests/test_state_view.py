@@ -629,6 +629,14 @@ def test_state_command_without_catch_up_says_how_stale_the_view_is(
     assert "1 event(s) behind" in stale.out
     assert fresh["account"]["two_factor_required"] is False
     assert fresh["source"]["head"] - fresh["source"]["position"] == 1
+    # and an account the stale view has not seen yet is refused, saying why
+    ledger.open_account(c.OpenAccount(name="newco"), ctx)
+    cli.refused(
+        "state",
+        "newco",
+        "--no-catch-up",
+        expect=["no account named 'newco'", "2 event(s) behind the log"],
+    )
 
 
 def test_state_command_shows_account_users_keys_allowlist_and_dkim_tables(

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from domain.errors import InvalidCommandError
+from domain.errors import InvalidCommandError, UnknownAccountError
 from projections.base import Follower, FollowerStatus
 from projections.history import HistoryEntry, SubjectKind, history
 from projections.pointintime import as_utc, state_at
@@ -106,7 +106,14 @@ def read_view(account: str, catch_up: bool) -> tuple[Document, FollowerStatus]:
         if catch_up:
             catch_up_state(follower)
         status = follower.status()
-        return view.get_account_state(account, datetime.now(UTC)), status
+        try:
+            return view.get_account_state(account, datetime.now(UTC)), status
+        except UnknownAccountError as e:
+            if status.lag == 0:
+                raise
+            raise UnknownAccountError(
+                f"{e} ({status.lag} event(s) behind the log; run without --no-catch-up)"
+            ) from None
     finally:
         db.close()
 

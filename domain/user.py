@@ -70,6 +70,31 @@ class LoginOutcome:
     rehashed: bool = False
 
 
+@dataclass(frozen=True)
+class ResetStatus:
+    """What the reset-campaign rule reads of a user."""
+
+    required: bool = False
+    campaign_id: str | None = None
+    campaigns: tuple[str, ...] = ()
+
+    def campaign_should_mark(self, campaign_id: str | None) -> bool:
+        if campaign_id is not None and campaign_id in self.campaigns:
+            return False
+        return not (self.required and self.campaign_id == campaign_id)
+
+    def after(self, event: Any) -> ResetStatus:
+        """The status once ``event`` (a reset required or completed) is applied."""
+        if isinstance(event, User.PasswordResetRequired):
+            campaigns = self.campaigns
+            if event.campaign_id is not None and event.campaign_id not in campaigns:
+                campaigns = (*campaigns, event.campaign_id)
+            return ResetStatus(True, event.campaign_id, campaigns)
+        if isinstance(event, User.PasswordResetCompleted):
+            return ResetStatus(False, None, self.campaigns)
+        return self
+
+
 def totp_aad(user_id: uuid.UUID, factor_id: str) -> bytes:
     return f"totp:{user_id}:{factor_id}".encode()
 
@@ -358,12 +383,36 @@ class User(Aggregate):
         Also after the user completed that reset: rerunning an interrupted campaign
         must not force a second reset on users who already did it.
         """
-        if campaign_id is not None and campaign_id in self.reset_campaigns:
-            return False
-        if self.reset_required and self.reset_campaign_id == campaign_id:
+        status = ResetStatus(
+            self.reset_required, self.reset_campaign_id, tuple(self.reset_campaigns)
+        )
+        if not status.campaign_should_mark(campaign_id):
             return False
         self._emit(self.PasswordResetRequired, stamp, reason=reason, campaign_id=campaign_id)
         return True
+
+    @classmethod
+    def reset_required_event(
+        cls,
+        user_id: uuid.UUID,
+        version: int,
+        status: ResetStatus,
+        reason: str,
+        campaign_id: str | None,
+        stamp: Stamp,
+    ) -> User.PasswordResetRequired | None:
+        """The bulk campaign's form of require_password_reset, for a user known only by
+        its version and ResetStatus (folded from the log without loading the user)."""
+        if not status.campaign_should_mark(campaign_id):
+            return None
+        return cls.PasswordResetRequired(  # type: ignore[call-arg]
+            originator_id=user_id,
+            originator_version=version + 1,
+            timestamp=cls.PasswordResetRequired.create_timestamp(),
+            reason=reason,
+            campaign_id=campaign_id,
+            **stamp.fields(),
+        )
 
     def complete_password_reset(self, new: str, hasher: PasswordHasher, stamp: Stamp) -> None:
         self.check_not_disabled()

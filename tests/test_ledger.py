@@ -708,6 +708,56 @@ def test_bulk_reset_naming_an_unknown_user_saves_nothing(
     refused(population, UnknownUserError, lambda: population.require_password_resets(command, ctx))
 
 
+@pytest.mark.parametrize("events_per_get", [0, 10**9], ids=["scan", "load-each"])
+def test_bulk_reset_by_scan_and_by_loading_each_user_agree(
+    population: Ledger, ctx: RequestContext, monkeypatch: pytest.MonkeyPatch, events_per_get: int
+) -> None:
+    # given the campaign forced down one path or the other
+    monkeypatch.setattr("domain.ledger._EVENTS_PER_GET", events_per_get)
+    ledger = population
+    ledger.bulk_batch_size = 3
+    command = c.parse_command(
+        c.RequirePasswordResets, reason="leak", campaign_id="camp-p", accounts=["zeta", "acme"]
+    )
+    # when it runs twice
+    first = ledger.require_password_resets(command, ctx)
+    with nothing_saved(ledger):
+        second = ledger.require_password_resets(command, ctx)
+    # then both paths mark everyone once, in the order asked
+    assert first == BulkResult(targeted=7, marked=7, already_marked=0, batches=3)
+    assert second == BulkResult(targeted=7, marked=0, already_marked=7, batches=3)
+    for user in ledger.account_users("acme") + ledger.account_users("zeta"):
+        assert user.reset_required
+        assert user.reset_campaign_id == "camp-p"
+        assert_consistent(ledger, user)
+
+
+def test_bulk_reset_redoes_a_batch_whose_user_changed_after_the_scan(
+    population: Ledger, ctx: RequestContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a user who logs in between the campaign's scan of the log and its write
+    ledger = population
+    scan = Ledger._reset_statuses
+
+    def scan_then_interfere(self: Ledger, only: object) -> object:
+        found = scan(self, only)  # type: ignore[arg-type]
+        login(ledger, ctx, "a3")
+        return found
+
+    monkeypatch.setattr(Ledger, "_reset_statuses", scan_then_interfere)
+    command = c.parse_command(
+        c.RequirePasswordResets, reason="leak", campaign_id="camp-r", everyone=True
+    )
+    # when the campaign runs
+    result = ledger.require_password_resets(command, ctx)
+    # then the conflicting batch is redone on loaded users: everyone marked exactly once
+    assert result.marked == 7
+    a3 = ledger.get_user("a3")
+    assert a3.reset_required
+    assert event_names(ledger, a3.id)[-2:] == ["LoginSucceeded", "PasswordResetRequired"]
+    assert len(campaign_events(ledger, "camp-r")) == 7
+
+
 # --- optimistic concurrency ---------------------------------------------------------------------
 
 

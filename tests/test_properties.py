@@ -9,6 +9,7 @@ each example on an emptied store.
 
 from __future__ import annotations
 
+import copy
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -52,6 +53,15 @@ class RecordingLedger(Ledger):
             if isinstance(obj, Aggregate):
                 self.live[obj.id] = obj
         return recordings
+
+    def _record_events(self, events: list[Any]) -> None:
+        # Events stored without their aggregate (the bulk campaign): the live object is
+        # what the full aggregate becomes with them.
+        super()._record_events(events)
+        for event in events:
+            self.live[event.originator_id] = event.mutate(
+                copy.deepcopy(self.live[event.originator_id])
+            )
 
 
 def wipe(store: Settings) -> None:

@@ -145,7 +145,7 @@ class Ledger(Application[uuid.UUID]):
         api_key_codec: ApiKeyCodec | None = None,
         lockout_threshold: int = 5,
         max_retries: int = 5,
-        bulk_batch_size: int = 1000,
+        bulk_batch_size: int = 5000,
         dkim_rsa_bits: int = 2048,
         totp_issuer: str = "secstate",
     ) -> None:

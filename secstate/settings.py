@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     api_key_prefix: str = "sst_"
     lockout_threshold: int = Field(default=5, ge=1)
     max_retries: int = Field(default=5, ge=1)
-    bulk_batch_size: int = Field(default=1000, ge=1)
+    bulk_batch_size: int = Field(default=5000, ge=1)
     dkim_rsa_bits: int = Field(default=2048, ge=1024)
     totp_issuer: str = "secstate"
     sqlite_lock_timeout: int = Field(default=10, ge=1)

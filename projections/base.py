@@ -515,40 +515,92 @@ class Follower:
         Returns the position of the swapped-in copy; if ``stopping`` is set first, the
         live view is left untouched (and -1 returned).
         """
-        shadow_name = self.view.name + REBUILD_SUFFIX
+        return rebuild_together([self], progress, stopping)
+
+    @property
+    def shadow_name(self) -> str:
+        return self.view.name + REBUILD_SUFFIX
+
+    def _start_shadow(self) -> None:
         self.view.suffix = REBUILD_SUFFIX
         self.view.token = secrets.token_hex(4)
-        try:
-            with self.db.transaction() as tx:
-                for table in self.view.tables:
-                    tx.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
-                for statement in self.view.ddl(self.db.dialect):
-                    tx.execute(statement)
-                tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (shadow_name,))
-            try:
-                position = self._advance(shadow_name, 0, self.head(), progress, stopping)
-                # Catch up whatever arrived meanwhile, then swap in one transaction.
-                position = self._advance(shadow_name, position, None, None, stopping)
-            except ProjectionFailedError as error:
-                self.record_error(error.position, error.event_type, f"rebuild: {error}")
-                raise
-            if stopping and stopping.is_set():
-                return -1
-            with self.db.transaction() as tx:
-                self.view.after_build(tx)
-            with self.db.transaction() as tx:
-                # Lock the live position first: a follower mid-batch finishes before the
-                # swap, and one arriving after it sees the new position and re-reads.
-                self._lock_position(tx, self.view.name)
-                for table in self.view.tables:
-                    tx.execute(f"DROP TABLE IF EXISTS {table}")
-                    tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
-                tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (shadow_name,))
-                tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.view.name,))
-                self._save_position(tx, self.view.name, position)
-            return position
-        finally:
-            self.view.suffix = ""
+        with self.db.transaction() as tx:
+            for table in self.view.tables:
+                tx.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
+            for statement in self.view.ddl(self.db.dialect):
+                tx.execute(statement)
+            tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
+
+    def _swap_in(self, position: int) -> None:
+        with self.db.transaction() as tx:
+            self.view.after_build(tx)
+        with self.db.transaction() as tx:
+            # Lock the live position first: a follower mid-batch finishes before the
+            # swap, and one arriving after it sees the new position and re-reads.
+            self._lock_position(tx, self.view.name)
+            for table in self.view.tables:
+                tx.execute(f"DROP TABLE IF EXISTS {table}")
+                tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
+            tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
+            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.view.name,))
+            self._save_position(tx, self.view.name, position)
+
+
+def rebuild_together(
+    followers: Sequence[Follower],
+    progress: ProgressFn | None = None,
+    stopping: threading.Event | None = None,
+) -> int:
+    """Rebuild several views of one ledger from a single scan of the log.
+
+    Reading and decoding the log costs more than most views' own work, so each batch
+    is decoded once and applied to every view's shadow tables (each view in its own
+    transaction, with its own shadow position). When all reach the head, each is swapped
+    in. A failure leaves every live view untouched. Returns the position swapped in, or
+    -1 if ``stopping`` was set first.
+    """
+    if not followers:
+        raise ValueError("nothing to rebuild")
+    first = followers[0]
+    try:
+        for follower in followers:
+            follower._start_shadow()
+        position = 0
+        for target in (first.head(), None):  # up to the head, then what arrived meanwhile
+            while (target is None or position < target) and not (stopping and stopping.is_set()):
+                notifications = first.ledger.recorder.select_notifications(
+                    start=position + 1, limit=first.batch_size, stop=target
+                )
+                if not notifications:
+                    break
+                events: list[tuple[int, Any]] = []
+                for n in notifications:
+                    try:
+                        events.append((n.id, first._decode(n)))
+                    except Exception as error:
+                        raise ProjectionFailedError(
+                            ", ".join(f.view.name for f in followers),
+                            n.id,
+                            n.topic.removeprefix(TRUSTED_TOPIC_PREFIX),
+                            error,
+                        ) from error
+                for follower in followers:
+                    try:
+                        follower._apply(follower.shadow_name, position, events)
+                    except ProjectionFailedError as error:
+                        follower.record_error(error.position, error.event_type, f"rebuild: {error}")
+                        raise
+                position = events[-1][0]
+                if progress and target is not None:
+                    progress(position, target)
+        if stopping and stopping.is_set():
+            return -1
+        for follower in followers:
+            follower._swap_in(position)
+        return position
+    finally:
+        for follower in followers:
+            follower.view.suffix = ""
 
 
 def read_last_error(db: ViewDB, view_name: str) -> ViewError | None:

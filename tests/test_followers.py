@@ -25,6 +25,7 @@ from projections.base import (
     View,
     ViewDB,
     event_type_name,
+    rebuild_together,
     wait_for,
 )
 from projections.registry import VIEWS
@@ -443,3 +444,45 @@ def test_postgres_runner_survives_losing_its_view_connection(
         runner.close()
         db.close()
         ledger.close()
+
+
+def test_views_rebuilt_from_one_shared_scan_match_their_incremental_builds(
+    ledger: Ledger, ctx: RequestContext, settings: Settings
+) -> None:
+    # given the real state and timeline views, each followed incrementally, then damaged
+    from projections.state import StateView
+    from projections.timeline import TimelineView
+
+    write_events(ledger, ctx, accounts=4, per_account=30)
+    dbs = {name: open_view_db(settings, name) for name in ("state", "timeline")}
+    try:
+        followers = [
+            Follower(ledger, StateView(), dbs["state"], batch_size=17),
+            Follower(ledger, TimelineView(), dbs["timeline"], batch_size=17),
+        ]
+        for follower in followers:
+            follower.catch_up()
+        incremental = {name: dump(db, VIEW_TABLES[name]) for name, db in dbs.items()}
+        with dbs["timeline"].transaction() as tx:
+            tx.execute("DELETE FROM timeline WHERE position > 5")
+        # when both are rebuilt from one scan of the log
+        position = rebuild_together(followers)
+        # then each equals its incremental build, at the head
+        assert position == all_positions(ledger)[-1]
+        for name, db in dbs.items():
+            assert dump(db, VIEW_TABLES[name]) == incremental[name]
+            assert Follower(ledger, followers[0].view, db).position(name) == position
+    finally:
+        for db in dbs.values():
+            db.close()
+
+
+VIEW_TABLES = {"state": ("state_accounts", "state_users"), "timeline": ("timeline",)}
+
+
+def dump(db: ViewDB, tables: Sequence[str]) -> dict[str, list[str]]:
+    with db.reading() as tx:
+        return {
+            t: sorted(repr(tuple(r)) for r in tx.query_all(f"SELECT * FROM {t}"))  # noqa: S608
+            for t in tables
+        }

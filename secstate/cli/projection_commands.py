@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from projections.base import Follower, ProjectionFailedError
+from projections.base import Follower, ProjectionFailedError, rebuild_together
 from projections.registry import check_names, make_view, view_names
 from projections.runner import Runner, RunReport, ViewStatus, view_status
 from secstate.bootstrap import open_view_db
@@ -256,44 +256,62 @@ def project_status(
 
 @project_app.command("rebuild")
 def project_rebuild(
-    name: Annotated[str, typer.Argument(help="View to rebuild: " + ", ".join(view_names()))],
+    names: Annotated[
+        list[str],
+        typer.Argument(
+            help="Views to rebuild, from one shared scan of the log: " + ", ".join(view_names())
+        ),
+    ],
     batch_size: BatchSizeOption = 2000,
     json_out: JsonOption = False,
 ) -> None:
-    """Rebuild a view from the start beside the live one, then swap it in atomically.
+    """Rebuild views from the start beside the live ones, then swap them in atomically.
 
-    Readers keep seeing the old view until the swap. A failure leaves it untouched.
+    Several views are rebuilt from one read of the log. Readers keep seeing the old
+    views until the swap. A failure leaves them untouched.
     """
-    view = make_view(name)
-    db = open_view_db(STATE.settings, name)
+    views = {name: make_view(name) for name in dict.fromkeys(names)}
+    dbs = {name: open_view_db(STATE.settings, name) for name in views}
     stopping = threading.Event()
     started = time.monotonic()
+    label = ", ".join(views)
     try:
-        follower = Follower(STATE.ledger, view, db, batch_size)
-        head = follower.head()
+        followers = [Follower(STATE.ledger, views[n], dbs[n], batch_size) for n in views]
+        head = followers[0].head()
         with _stop_on_signals(stopping.set), _progress() as bars:
-            task = bars.add_task(f"rebuild {name}", total=head)
+            task = bars.add_task(f"rebuild {label}", total=head)
             try:
-                position = follower.rebuild(
+                position = rebuild_together(
+                    followers,
                     lambda done, target: bars.update(task, completed=done, total=target),
                     stopping=stopping,
                 )
             except ProjectionFailedError as e:
+                unchanged = "view is" if len(views) == 1 else "views are"
                 err_console.print(
-                    f"error: {e}; the live view is unchanged", markup=False, highlight=False
+                    f"error: {e}; the live {unchanged} unchanged", markup=False, highlight=False
                 )
                 raise typer.Exit(EXIT_FAILED) from None
             bars.update(task, completed=max(position, 0))
     finally:
-        db.close()
+        for db in dbs.values():
+            db.close()
     if position < 0:
-        err_console.print("rebuild interrupted; the live view is unchanged")
+        err_console.print("rebuild interrupted; the live views are unchanged")
         raise typer.Exit(EXIT_INTERRUPTED)
     seconds = time.monotonic() - started
     if json_out:
-        print_json({"view": name, "position": position, "seconds": round(seconds, 3)})
+        print_json(
+            {
+                "views": list(views),
+                "view": label,
+                "position": position,
+                "seconds": round(seconds, 3),
+                "events_per_second": round(position / seconds, 1) if seconds else None,
+            }
+        )
     else:
-        say(f"rebuilt {name} up to position {position} in {seconds:.1f}s; swapped in")
+        say(f"rebuilt {label} up to position {position} in {seconds:.1f}s; swapped in")
 
 
 def register(app: typer.Typer) -> None:

@@ -704,6 +704,15 @@ def bench_queries(db: ViewDB, count: int, seed: int) -> list[dict[str, Any]]:
                 **latencies(spent),
                 "mean_rows": statistics.fmean(rows),
                 "example": {k: str(v) for k, v in case.filters[0].items()},
+                "slowest": {
+                    "ms": ms(max(x.wall for x in spent)),
+                    "filter": {
+                        k: str(v)
+                        for k, v in case.filters[
+                            max(range(len(spent)), key=lambda i: spent[i].wall)
+                        ].items()
+                    },
+                },
             }
         )
         log(

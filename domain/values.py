@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,33 @@ class DkimKeyState(StrEnum):
     PUBLISHED = "published"
     ACTIVE = "active"
     RETIRED = "retired"
+
+
+# Fields every event carries: the library's bookkeeping and the request context.
+ENVELOPE_FIELDS = frozenset(
+    {
+        "originator_id",
+        "originator_version",
+        "originator_topic",
+        "timestamp",
+        "actor_kind",
+        "actor_id",
+        "source_ip",
+        "user_agent",
+        "request_id",
+        "occurred_at",
+    }
+)
+# Event fields holding a secret, hashed or sealed: never shown outside the domain. The
+# name pattern also catches a secret field added later, so it is hidden by default.
+SECRET_EVENT_FIELDS = frozenset(
+    {"password_hash", "secret_hash", "sealed_seed", "sealed_private_key", "code_hashes"}
+)
+_SECRET_NAME = re.compile(r"hash|sealed|secret|private|password|token|seed|passphrase")
+
+
+def is_secret_field(name: str) -> bool:
+    return name in SECRET_EVENT_FIELDS or _SECRET_NAME.search(name) is not None
 
 
 class ContextEvent(Aggregate.Event):

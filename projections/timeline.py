@@ -18,13 +18,13 @@ import dataclasses
 import ipaddress
 import json
 import operator
-import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
+from domain.values import ENVELOPE_FIELDS, SECRET_EVENT_FIELDS, is_secret_field
 from projections.base import (
     TRUSTED_TOPIC_PREFIX,
     Dialect,
@@ -44,36 +44,14 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
 
 # Context fields are columns of their own; library bookkeeping is not a detail.
-_COLUMN_FIELDS = frozenset(
-    {
-        "originator_id",
-        "originator_version",
-        "originator_topic",
-        "timestamp",
-        "actor_kind",
-        "actor_id",
-        "source_ip",
-        "user_agent",
-        "request_id",
-        "occurred_at",
-    }
-)
-# Known secret-bearing fields, plus a name pattern so a secret field added later to some
-# event is dropped too rather than published by default.
-SECRET_FIELDS = frozenset(
-    {"password_hash", "secret_hash", "sealed_seed", "sealed_private_key", "code_hashes"}
-)
-_SECRET_NAME = re.compile(r"hash|sealed|secret|private|password|token|seed|passphrase")
+_COLUMN_FIELDS = ENVELOPE_FIELDS
+SECRET_FIELDS = SECRET_EVENT_FIELDS
 # Public facts derived from a dropped secret field: how many, never what.
 _DERIVED: dict[str, tuple[str, Callable[[Any], Any]]] = {"code_hashes": ("code_count", len)}
 
 _encode_json = json.JSONEncoder(
     default=str, separators=(",", ":"), ensure_ascii=False, sort_keys=True
 ).encode
-
-
-def is_secret_field(name: str) -> bool:
-    return name in SECRET_FIELDS or _SECRET_NAME.search(name) is not None
 
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"

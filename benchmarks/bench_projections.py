@@ -55,6 +55,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     Summary,
     fmt_num,
+    fresh_store,
     log,
     machine_info,
     paired_ratios,
@@ -375,6 +376,24 @@ def copy_into_postgres(sqlite_path: Path, settings: Settings, schema: str) -> di
         "copy_snapshots": copied["snapshots"],
         "copy_seconds": round(seconds, 1),
     }
+
+
+def bench_demo_rate(backends: Sequence[str], accounts: int, seed: int) -> dict[str, Any]:
+    """The demo generator's own rate on each backend, into a fresh store dropped after."""
+    rates: dict[str, Any] = {}
+    for backend in backends:
+        with fresh_store(backend) as store:
+            summary = run_demo(
+                store.settings, parse_demo_options(accounts=accounts, seed=seed), demo_progress()
+            )
+        rates[backend] = {
+            "accounts": accounts,
+            "events": summary.events_total,
+            "seconds": summary.elapsed_seconds,
+            "events_per_second": summary.events_per_second,
+        }
+        log(f"demo on {backend}: {summary.events_per_second:,.0f} events/s")
+    return rates
 
 
 # --- (a) rebuild ----------------------------------------------------------------------------
@@ -903,6 +922,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part")
     parser.add_argument(
+        "--demo-rate",
+        type=int,
+        metavar="N",
+        help="only time the demo generator with N accounts on each backend (fresh stores)",
+    )
+    parser.add_argument(
         "--prepare-only", action="store_true", help="make (or check) the stores and stop"
     )
     parser.add_argument(
@@ -927,6 +952,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = machine_info(with_postgres="postgres" in backends)
     print_machine_info(info)
     started = time.perf_counter()
+    if args.demo_rate:
+        rates = bench_demo_rate(backends, args.demo_rate, args.seed)
+        print_table(
+            f"Demo generator, {args.demo_rate:,} accounts, fresh store",
+            ["backend", "events", "seconds", "events/s"],
+            [
+                [b, fmt_num(r["events"]), fmt_num(r["seconds"], 1), fmt_num(r["events_per_second"])]
+                for b, r in rates.items()
+            ],
+        )
+        path = save_results("projections-demo", {"machine": info, "demo_rate": rates})
+        print(f"\nload average at the end: {[round(x, 2) for x in os.getloadavg()]}")
+        print(f"results: {path}")
+        return 0
     home = args.store_dir / f"demo-a{args.accounts}-s{args.seed}"
     schema = f"bench_demo_a{args.accounts}_s{args.seed}"
     stores: dict[str, Any] = {}

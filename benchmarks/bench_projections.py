@@ -31,8 +31,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import json
+import multiprocessing
 import os
 import random
+import resource
 import secrets
 import shutil
 import sqlite3
@@ -486,6 +488,48 @@ def rebuild_both_threads(settings: Settings, ledger: Ledger, batch_size: int) ->
     return watch.spent()
 
 
+def _rebuild_in_child(settings_json: str, name: str, batch_size: int) -> None:
+    """A child process's work: its own ledger and view connection, one rebuild."""
+    settings = Settings.model_validate_json(settings_json)
+    ledger = build_ledger(settings)
+    try:
+        rebuild_view(settings, ledger, name, batch_size)
+    finally:
+        ledger.close()
+
+
+def rebuild_both_processes(settings: Settings, batch_size: int) -> Spent:
+    """Both views rebuilt at once, one process each (two ``secstate project rebuild``
+    run side by side): no shared GIL. CPU time is the children's."""
+    context = multiprocessing.get_context("spawn")
+    # The settings carry a database URL; children get it through the pipe, not argv.
+    settings_json = json.dumps(
+        {
+            **settings.model_dump(mode="json"),
+            "database_url": settings.database_url.get_secret_value()
+            if settings.database_url
+            else None,
+        }
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    watch = Stopwatch()
+    children = [
+        context.Process(target=_rebuild_in_child, args=(settings_json, name, batch_size))
+        for name in VIEWS
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    wall = watch.spent().wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    failed = [c.exitcode for c in children if c.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"a rebuild process failed (exit codes {failed})")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return Spent(wall, cpu)
+
+
 DELETE_TRACKING = f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?"  # noqa: S608
 
 
@@ -538,7 +582,7 @@ def rebuild_shared_scan(settings: Settings, ledger: Ledger, batch_size: int) -> 
             follower.db.close()
 
 
-REBUILD_CASES = ("bare", "state", "timeline", "sequential", "threads", "shared")
+REBUILD_CASES = ("bare", "state", "timeline", "sequential", "threads", "processes", "shared")
 
 
 def bench_rebuild(
@@ -570,11 +614,20 @@ def bench_rebuild(
     def run_threads() -> None:
         record("threads", head, rebuild_both_threads(settings, ledger, batch_size))
 
+    def run_processes() -> None:
+        record("processes", head, rebuild_both_processes(settings, batch_size))
+
     def run_shared() -> None:
         record("shared", head, rebuild_shared_scan(settings, ledger, batch_size))
 
     head = int(ledger.recorder.max_notification_id() or 0)
-    cases: list[Callable[[], None]] = [run_bare, run_sequential, run_threads, run_shared]
+    cases: list[Callable[[], None]] = [
+        run_bare,
+        run_sequential,
+        run_threads,
+        run_processes,
+        run_shared,
+    ]
     for round_no in range(repeat):
         log(f"rebuild round {round_no + 1}/{repeat}")
         for k in range(len(cases)):
@@ -582,7 +635,7 @@ def bench_rebuild(
     result: dict[str, Any] = {"events": events, "head": head, "batch_size": batch_size}
     for clock, samples in (("wall", wall), ("cpu", cpu)):
         result[clock] = {name: Summary.of(values).as_dict() for name, values in samples.items()}
-        for case in ("sequential", "threads", "shared"):
+        for case in ("sequential", "threads", "processes", "shared"):
             result[clock][f"ratio_{case}_to_bare"] = Summary.of(
                 paired_ratios(samples[case], samples["bare"])
             ).as_dict()
@@ -830,9 +883,11 @@ def report(results: dict[str, Any]) -> None:
                 "timeline",
                 "both, one after the other",
                 "both, two threads",
+                "both, two processes",
                 "both, one shared scan (prototype)",
                 "ratio seq/bare",
                 "ratio threads/bare",
+                "ratio processes/bare",
                 "ratio shared/bare",
             ],
             [
@@ -848,6 +903,7 @@ def report(results: dict[str, Any]) -> None:
                         for key in (
                             "ratio_sequential_to_bare",
                             "ratio_threads_to_bare",
+                            "ratio_processes_to_bare",
                             "ratio_shared_to_bare",
                         )
                     ),

@@ -1,27 +1,32 @@
 """Issue 3: the state and timeline views over a log of a million events or more.
 
     python -m benchmarks.bench_projections [--backend sqlite|postgres|all] [--accounts N]
-        [--seed S] [--regenerate] [--pg-load copy|demo] [--repeat R] [--queries Q]
-        [--at-queries A] [--batch-size B] [--only rebuild|queries|at] [--profile]
+        [--seed S] [--store-dir DIR] [--regenerate] [--pg-load copy|demo] [--repeat R]
+        [--batch-size B] [--queries Q] [--at-queries A] [--only rebuild|queries|at]
+        [--profile] [--prepare-only] [--demo-rate N]
 
 The store: ``secstate demo`` (``secstate.demo.run_demo``) with N customer accounts, plus
-one busy account (``bench-busy``) whose few users have 10,000 events in total, spread over
-2015. The SQLite store is cached in ``benchmarks/results/stores/demo-a{N}-s{seed}/`` and
-the PostgreSQL one in schema ``bench_demo_a{N}_s{seed}``; both are kept between runs and
-only made again with ``--regenerate``. PostgreSQL is filled by default by COPYing the
-SQLite store's rows (events with their notification ids, and snapshots) into the
-ledger's tables (``--pg-load copy``): the same log on both backends, in a minute rather
-than the demo's quarter of an hour; ``--pg-load demo`` replays the demo into PostgreSQL
-instead, and its rate is reported.
+one busy account (``bench-busy``) whose four users have 10,000 events in total, logins
+spread over 2015. The SQLite store is cached in
+``benchmarks/results/stores/demo-a{N}-s{seed}/`` and the PostgreSQL one in schema
+``bench_demo_a{N}_s{seed}``; both are kept between runs and made again only with
+``--regenerate``. PostgreSQL is filled by default by COPYing the SQLite store's rows
+(events with their notification ids, and snapshots) into the ledger's tables
+(``--pg-load copy``): the very same log on both backends; ``--pg-load demo`` replays
+the demo into PostgreSQL instead. ``--demo-rate N`` only times the demo generator.
 
-(a) rebuild: ``Follower.rebuild`` of the state and the timeline views, one after the
-    other (as two ``secstate project rebuild`` would) and in two threads at once (as
-    the runner follows them), in events/s of the log; next to a bare scan and decode of
-    the same log in the same round (``recorder.select_notifications`` in batches of the
-    follower's size + ``mapper.to_domain_event``). The cases take turns, rotating.
-(b) timeline queries on the rebuilt view: first page (50 rows, the CLI's default) of
-    ``fetch_page(db, parse_filter(...))`` for filters by account, actor, IPv4 /24,
-    IPv6 /48, whole customer networks, event type + time window; p50/p95/max.
+(a) rebuild, in events of the log per second (wall clock, and per CPU second of this
+    process): ``Follower.rebuild`` of the state and the timeline views one after the
+    other; both in two threads at once (as the runner follows them); both in two
+    processes (two ``secstate project rebuild`` side by side); both from one shared scan
+    (``rebuild_together``, what ``secstate project rebuild state timeline`` runs); next
+    to a bare scan and decode of the same log in the same round
+    (``recorder.select_notifications`` in batches of the follower's size +
+    ``mapper.to_domain_event``). The cases take turns, in rotating order.
+(b) timeline queries on the rebuilt view: the first page (50 rows, the CLI's default) of
+    ``fetch_page(db, parse_filter(...))`` for filters by account, actor, IPv4 /24, IPv6
+    /48, whole customer networks, event type + time window, account + type + window,
+    parameters drawn from random rows of the view; p50/p95/max.
 (c) ``projections.pointintime.state_at`` of the busy account at random moments of its
     history: p50/p95/max.
 """
@@ -35,7 +40,6 @@ import multiprocessing
 import os
 import random
 import resource
-import secrets
 import shutil
 import sqlite3
 import statistics
@@ -72,7 +76,7 @@ from domain.context import Actor, ActorKind, RequestContext, Stamp
 from domain.ledger import Ledger
 from domain.user import User
 from domain.values import AccountKind, Role
-from projections.base import REBUILD_SUFFIX, TRACKING_TABLE, Follower, ViewDB
+from projections.base import Follower, ViewDB, rebuild_together
 from projections.pointintime import state_at
 from projections.registry import make_view
 from projections.timeline import ip_to_bytes
@@ -530,59 +534,33 @@ def rebuild_both_processes(settings: Settings, batch_size: int) -> Spent:
     return Spent(wall, cpu)
 
 
-DELETE_TRACKING = f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?"  # noqa: S608
-
-
-def rebuild_shared_scan(settings: Settings, ledger: Ledger, batch_size: int) -> Spent:
-    """A prototype, not an API of projections.base: both views built from ONE scan and
-    decode of the log, each batch applied to each view in its own transaction (with its
-    tracking row, as ``Follower`` does). Builds into the shadow tables and drops them, so
-    the live views are untouched. Shows what sharing the scan would gain.
-    """
+def rebuild_both_together(settings: Settings, ledger: Ledger, batch_size: int) -> Spent:
+    """``projections.base.rebuild_together``: one scan and decode of the log feeding both
+    views (what ``secstate project rebuild state timeline`` runs)."""
     followers: list[Follower] = []
     try:
         for name in VIEWS:
-            followers.append(
-                Follower(ledger, make_view(name), open_view_db(settings, name), batch_size)
-            )
+            db = open_view_db(settings, name)
+            try:
+                followers.append(Follower(ledger, make_view(name), db, batch_size))
+            except BaseException:
+                db.close()
+                raise
+        throttle = Throttle(15.0)
+
+        def progress(done: int, total: int) -> None:
+            if throttle.due(final=done >= total):
+                log(f"rebuild together: {done:,}/{total:,}")
+
         watch = Stopwatch()
-        for follower in followers:
-            view = follower.view
-            view.suffix, view.token = REBUILD_SUFFIX, secrets.token_hex(4)
-            with follower.db.transaction() as tx:
-                for table in view.tables:
-                    tx.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
-                for statement in view.ddl(follower.db.dialect):
-                    tx.execute(statement)
-                tx.execute(DELETE_TRACKING, (view.name + REBUILD_SUFFIX,))
-        position = 0
-        while True:
-            notifications = ledger.recorder.select_notifications(
-                start=position + 1, limit=batch_size
-            )
-            if not notifications:
-                break
-            events = [(n.id, followers[0]._decode(n)) for n in notifications]
-            for follower in followers:
-                follower._commit(follower.view.name + REBUILD_SUFFIX, position, events)
-            position = events[-1][0]
-        for follower in followers:  # as Follower.rebuild does before its swap
-            with follower.db.transaction() as tx:
-                follower.view.after_build(tx)
-        spent = watch.spent()
-        for follower in followers:
-            with follower.db.transaction() as tx:
-                for table in follower.view.tables:
-                    tx.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
-                tx.execute(DELETE_TRACKING, (follower.view.name + REBUILD_SUFFIX,))
-            follower.view.suffix = ""
-        return spent
+        rebuild_together(followers, progress)
+        return watch.spent()
     finally:
         for follower in followers:
             follower.db.close()
 
 
-REBUILD_CASES = ("bare", "state", "timeline", "sequential", "threads", "processes", "shared")
+REBUILD_CASES = ("bare", "state", "timeline", "sequential", "threads", "processes", "together")
 
 
 def bench_rebuild(
@@ -617,8 +595,8 @@ def bench_rebuild(
     def run_processes() -> None:
         record("processes", head, rebuild_both_processes(settings, batch_size))
 
-    def run_shared() -> None:
-        record("shared", head, rebuild_shared_scan(settings, ledger, batch_size))
+    def run_together() -> None:
+        record("together", head, rebuild_both_together(settings, ledger, batch_size))
 
     head = int(ledger.recorder.max_notification_id() or 0)
     cases: list[Callable[[], None]] = [
@@ -626,7 +604,7 @@ def bench_rebuild(
         run_sequential,
         run_threads,
         run_processes,
-        run_shared,
+        run_together,
     ]
     for round_no in range(repeat):
         log(f"rebuild round {round_no + 1}/{repeat}")
@@ -635,7 +613,7 @@ def bench_rebuild(
     result: dict[str, Any] = {"events": events, "head": head, "batch_size": batch_size}
     for clock, samples in (("wall", wall), ("cpu", cpu)):
         result[clock] = {name: Summary.of(values).as_dict() for name, values in samples.items()}
-        for case in ("sequential", "threads", "processes", "shared"):
+        for case in ("sequential", "threads", "processes", "together"):
             result[clock][f"ratio_{case}_to_bare"] = Summary.of(
                 paired_ratios(samples[case], samples["bare"])
             ).as_dict()
@@ -884,11 +862,11 @@ def report(results: dict[str, Any]) -> None:
                 "both, one after the other",
                 "both, two threads",
                 "both, two processes",
-                "both, one shared scan (prototype)",
+                "both, one shared scan (rebuild_together)",
                 "ratio seq/bare",
                 "ratio threads/bare",
                 "ratio processes/bare",
-                "ratio shared/bare",
+                "ratio together/bare",
             ],
             [
                 [
@@ -904,7 +882,7 @@ def report(results: dict[str, Any]) -> None:
                             "ratio_sequential_to_bare",
                             "ratio_threads_to_bare",
                             "ratio_processes_to_bare",
-                            "ratio_shared_to_bare",
+                            "ratio_together_to_bare",
                         )
                     ),
                 ]

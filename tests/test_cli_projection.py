@@ -15,6 +15,7 @@ from domain.ledger import Ledger
 from projections.registry import VIEWS
 from secstate.bootstrap import open_view_db
 from secstate.cli import run
+from secstate.locks import exclusive
 from secstate.settings import Settings
 
 
@@ -161,6 +162,27 @@ def test_rebuild_swaps_in_a_full_copy_and_reports_json_with_progress_on_stderr(
         assert seen(db) == all_positions(ledger)
     finally:
         db.close()
+
+
+def test_second_rebuild_of_a_view_is_refused_while_one_runs(
+    cli: Cli, ledger: Ledger, ctx: RequestContext, settings: Settings
+) -> None:
+    # given a rebuild of the positions view in progress (its lock held elsewhere)
+    write_events(ledger, ctx, accounts=2, per_account=5)
+    with exclusive(settings, ["rebuild-positions"]):
+        # when another rebuild of it starts
+        refused = cli("project", "rebuild", "positions", "fragile")
+        # then it is refused at once with one clear line, and builds nothing
+        assert refused.code == 1
+        assert refused.err.strip().splitlines() == [
+            "error: another process is already running 'rebuild-positions' on this "
+            + ("database schema" if settings.uses_postgres else "store")
+            + "; wait for it to finish"
+        ]
+        # and another view can still be rebuilt meanwhile
+        assert cli("project", "rebuild", "fragile").code == 0
+    # and once the first is done, a rebuild goes through
+    assert cli("project", "rebuild", "positions").code == 0
 
 
 def test_failed_rebuild_exits_1_and_leaves_the_live_view_untouched(

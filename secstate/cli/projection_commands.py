@@ -26,11 +26,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from projections.base import Follower, ProjectionFailedError, rebuild_together
+from projections.base import Follower, ProjectionFailedError, View, rebuild_together
 from projections.registry import check_names, make_view, view_names
 from projections.runner import Runner, RunReport, ViewStatus, view_status
 from secstate.bootstrap import open_view_db
 from secstate.cli.common import STATE, JsonOption, err_console, print_json, print_table, say
+from secstate.locks import exclusive
 
 project_app = typer.Typer(
     help="Keep the read views (state, timeline) up to date with the ledger.",
@@ -271,6 +272,11 @@ def project_rebuild(
     views until the swap. A failure leaves them untouched.
     """
     views = {name: make_view(name) for name in dict.fromkeys(names)}
+    with exclusive(STATE.settings, [f"rebuild-{name}" for name in views]):
+        _rebuild(views, batch_size, json_out)
+
+
+def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
     dbs = {name: open_view_db(STATE.settings, name) for name in views}
     stopping = threading.Event()
     started = time.monotonic()

@@ -1,0 +1,65 @@
+"""Exclusive locks for maintenance jobs (a view rebuild), across processes and machines.
+
+Two rebuilds of one view would build the same shadow table and race to swap it in; the
+second must be refused at once with a clear message, not fail half-way through.
+SQLite: an flock on a file beside the views. PostgreSQL: a session advisory lock, keyed by
+schema and job, held on its own connection. Both are released when the process ends, even
+by SIGKILL, so a crashed job never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+
+from domain.errors import SecStateError
+from secstate.bootstrap import ensure_home, postgres_connection
+from secstate.settings import Settings
+
+
+class JobAlreadyRunningError(SecStateError):
+    """Another process holds the lock of this maintenance job."""
+
+
+@contextmanager
+def _file_lock(settings: Settings, job: str) -> Iterator[None]:
+    directory = ensure_home(settings) / "views"
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / f".{job}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise JobAlreadyRunningError(
+                f"another process is already running {job!r} on this store; wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+@contextmanager
+def _advisory_lock(settings: Settings, job: str) -> Iterator[None]:
+    schema = settings.postgres_params().get("POSTGRES_SCHEMA") or "public"
+    with postgres_connection(settings) as conn:
+        row = conn.execute(
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"secstate:{schema}:{job}",)
+        ).fetchone()
+        if not row or not row[0]:
+            raise JobAlreadyRunningError(
+                f"another process is already running {job!r} on this database schema; "
+                "wait for it to finish"
+            )
+        yield  # closing the connection releases the lock
+
+
+@contextmanager
+def exclusive(settings: Settings, jobs: Sequence[str]) -> Iterator[None]:
+    """Hold every job's lock (taken in sorted order, so two callers cannot deadlock)."""
+    lock = _advisory_lock if settings.uses_postgres else _file_lock
+    with ExitStack() as stack:
+        for job in sorted(set(jobs)):
+            stack.enter_context(lock(settings, job))
+        yield

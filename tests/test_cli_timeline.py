@@ -31,8 +31,7 @@ from domain import commands as c
 from domain.context import Actor, ActorKind, RequestContext, SteppedClock
 from domain.errors import LoginRefusedError
 from domain.ledger import Ledger
-from secstate.cli import run
-from secstate.cli import timeline_commands as tc
+from secstate.cli import common, run
 from secstate.cli.common import STATE
 from secstate.settings import Settings
 
@@ -318,7 +317,7 @@ def test_new_events_are_picked_up_by_the_next_query(
 def test_catching_up_far_behind_shows_progress_and_still_answers(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tc, "PROGRESS_THRESHOLD", 1)
+    monkeypatch.setattr(common, "PROGRESS_THRESHOLD", 1)
     result = cli.ok("--type", "User.LoginSucceeded", "--format", "jsonl")
     assert len(result.jsonl()) == 1
 

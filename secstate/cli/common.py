@@ -14,11 +14,13 @@ from uuid import UUID
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from domain.context import Actor, RequestContext
 from domain.errors import InvalidCommandError
 from domain.ledger import Ledger
+from projections.base import Follower
 from secstate.bootstrap import build_ledger
 from secstate.settings import Settings
 
@@ -154,3 +156,30 @@ def say(message: str) -> None:
 
 def fmt_time(value: datetime | None) -> str:
     return value.isoformat(timespec="seconds") if value else "-"
+
+
+# Below this many events behind, catching a view up is quick enough to need no progress bar.
+PROGRESS_THRESHOLD = 5000
+
+
+def catch_up_view(follower: Follower, doing: str) -> int:
+    """Bring a view up to the ledger's head before answering; a progress bar on stderr
+    if it is far behind (a first query after a large import, say)."""
+    lag = follower.status().lag
+    if lag < PROGRESS_THRESHOLD:
+        return follower.catch_up()
+    with Progress(
+        TextColumn(f"{follower.view.name}: {doing}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        start = follower.position()
+        task = bar.add_task("catch-up", total=lag)
+        return follower.catch_up(
+            progress=lambda position, target: bar.update(
+                task, completed=position - start, total=target - start
+            )
+        )

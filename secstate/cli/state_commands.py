@@ -14,7 +14,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Group
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -24,10 +23,15 @@ from projections.history import HistoryEntry, SubjectKind, history
 from projections.pointintime import as_utc, state_at
 from projections.state import Document, StateView
 from secstate.bootstrap import open_view_db
-from secstate.cli.common import STATE, JsonOption, console, err_console, print_json
+from secstate.cli.common import (
+    STATE,
+    JsonOption,
+    catch_up_view,
+    console,
+    print_json,
+)
 
 # Below this many events behind, catching up is quick enough to need no progress bar.
-PROGRESS_THRESHOLD = 5000
 TIME_EXAMPLE = "2026-03-01T09:00:00Z"
 
 # Control characters (an escape sequence in a label, say) shown as \xNN, never emitted.
@@ -76,26 +80,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 
 def catch_up_state(follower: Follower) -> None:
-    """Bring the view up to the ledger's head; a progress bar on stderr if far behind."""
-    lag = follower.status().lag
-    if lag < PROGRESS_THRESHOLD:
-        follower.catch_up()
-        return
-    with Progress(
-        TextColumn("state: applying events"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        start = follower.position()
-        task = bar.add_task("catch-up", total=lag)
-        follower.catch_up(
-            progress=lambda position, target: bar.update(
-                task, completed=position - start, total=target - start
-            )
-        )
+    catch_up_view(follower, "applying events")
 
 
 def read_view(account: str, catch_up: bool) -> tuple[Document, FollowerStatus]:

@@ -19,7 +19,6 @@ from typing import Annotated, Any, Protocol, TextIO
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -36,11 +35,9 @@ from projections.timeline_query import (
     parse_filter,
 )
 from secstate.bootstrap import open_view_db
-from secstate.cli.common import STATE, JsonOption, err_console
+from secstate.cli.common import STATE, JsonOption, catch_up_view, err_console
 
 FORMATS = ("table", "jsonl", "csv", "timesketch-jsonl", "timesketch-csv")
-# Below this many events behind, catching up is quick enough to need no progress bar.
-PROGRESS_THRESHOLD = 5000
 
 # Control characters (ANSI escapes in a hostile user agent, say) shown as \xNN in tables.
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
@@ -51,26 +48,7 @@ def _printable(value: object) -> str:
 
 
 def catch_up_timeline(follower: Follower) -> int:
-    """Bring the view up to the ledger's head; a progress bar on stderr if far behind."""
-    lag = follower.status().lag
-    if lag < PROGRESS_THRESHOLD:
-        applied = follower.catch_up()
-    else:
-        with Progress(
-            TextColumn("timeline: indexing events"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-        ) as bar:
-            start = follower.position()
-            task = bar.add_task("catch-up", total=lag)
-            applied = follower.catch_up(
-                progress=lambda position, target: bar.update(
-                    task, completed=position - start, total=target - start
-                )
-            )
+    applied = catch_up_view(follower, "indexing events")
     follower.view.suffix = ""
     if isinstance(follower.view, TimelineView):
         follower.view.ensure_indexes(follower.db)

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping
+from collections.abc import (
+    Callable,
+    Collection,
+    Container,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -486,10 +494,9 @@ class Ledger(Application[uuid.UUID]):
     ) -> dict[uuid.UUID, tuple[int, ResetStatus]]:
         """Each user's (version, ResetStatus) from one read of the log, in registration
         order, decoding only reset events: what a campaign needs, without loading users."""
-        read = self._user_versions_and_resets()
-        if read is None:
+        rows = self._user_rows()
+        if rows is None:
             return self._reset_statuses_by_notifications(only)
-        users, resets = read
         wanted: dict[Any, uuid.UUID] | None = None
         if only is not None:
             # Ids as the rows hold them (SQLite: hex; PostgreSQL: text), so that only
@@ -497,13 +504,18 @@ class Ledger(Application[uuid.UUID]):
             sqlite = isinstance(self.recorder, SQLiteApplicationRecorder)
             wanted = {(u.hex if sqlite else str(u)): u for u in only}
         decode = self._reset_event_decoder()
+        versions: dict[str, int] = {}
         statuses: dict[str, ResetStatus] = {}
         # Users with the same reset history share one status object, so a step from a
         # status by a stored event is worked out once: keyed by the status's id (the
         # entry holds the status, so the id is not reused while it is there).
         steps: dict[tuple[int, str, bytes], tuple[ResetStatus, ResetStatus]] = {}
-        for row_id, topic, state in resets:
-            if wanted is None or row_id in wanted:
+        for row_id, version, topic, state in rows:
+            if wanted is not None and row_id not in wanted:
+                continue
+            versions[row_id] = version
+            if state is not None:
+                state = bytes(state)  # the same object if it is bytes already
                 status = statuses.get(row_id, _NO_RESET)
                 key = (id(status), topic, state)
                 step = steps.get(key)
@@ -512,74 +524,52 @@ class Ledger(Application[uuid.UUID]):
                         steps.clear()
                     step = steps[key] = (status, status.after(decode(topic, state)))
                 statuses[row_id] = step[1]
-        found: dict[uuid.UUID, tuple[int, ResetStatus]] = {}
-        for row_id, version in users:
-            if wanted is None:
-                found[uuid.UUID(row_id)] = (version, statuses.get(row_id, _NO_RESET))
-            elif row_id in wanted:
-                found[wanted[row_id]] = (version, statuses.get(row_id, _NO_RESET))
-        return found
+        return {
+            (uuid.UUID(row_id) if wanted is None else wanted[row_id]): (
+                version,
+                statuses.get(row_id, _NO_RESET),
+            )
+            for row_id, version in versions.items()
+        }
 
-    def _user_versions_and_resets(
-        self,
-    ) -> tuple[list[tuple[str, int]], list[tuple[str, str, bytes]]] | None:
-        """Two lists from one consistent read of the log: each user's (id, latest
-        version), in the order the users registered; and each reset event's (user id,
-        topic, state), in log order. Ids as text.
-
-        Reads only the columns needed, and the state of reset events only, leaving the
-        per-user work to the database: users are the aggregates whose version 1 is a
-        User.Registered (on SQLite, grouping over the primary key index then looking up
-        version 1 is ~3x faster than grouping the rows of User topics). None where the
-        recorder is neither SQLite nor PostgreSQL.
+    def _user_rows(self) -> Sequence[Any] | None:
+        """Every User event's (originator id as text, version, topic, state), in log
+        order, from one statement (so one consistent read), with the state of reset
+        events only (None for the others): what a campaign needs, without the library's
+        select_notifications, which reads every column and makes a UUID and a
+        Notification of each row. None where the recorder is neither SQLite nor
+        PostgreSQL.
         """
-        registered = User.Registered.TOPIC
+        topics = _user_topics()
         resets = [User.PasswordResetRequired.TOPIC, User.PasswordResetCompleted.TOPIC]
         recorder: Any = self.recorder
         if isinstance(recorder, SQLiteApplicationRecorder):
-            table = recorder.events_table_name
-            users_statement = (
-                "SELECT g.id, g.version FROM ("  # noqa: S608 - the recorder's table name
-                "SELECT MIN(rowid) AS position, originator_id AS id, "
-                f"MAX(originator_version) AS version FROM {table} GROUP BY originator_id"
-                f") AS g JOIN {table} AS r ON r.originator_id = g.id "
-                "AND r.originator_version = 1 AND r.topic = ? ORDER BY g.position"
+            statement = (
+                "SELECT originator_id, originator_version, topic, "  # noqa: S608 - the recorder's table
+                f"CASE WHEN topic IN (?, ?) THEN state END FROM {recorder.events_table_name} "
+                f"WHERE topic IN ({','.join('?' * len(topics))}) ORDER BY rowid"
             )
-            resets_statement = (
-                f"SELECT originator_id, topic, state FROM {table} "  # noqa: S608
-                "WHERE topic IN (?, ?) ORDER BY rowid"
-            )
-            # One read transaction: both statements read the same snapshot.
             with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(users_statement, [registered])
-                users = cursor.fetchall()
-                cursor.execute(resets_statement, resets)
-                return users, cursor.fetchall()  # rows unpack like tuples
+                cursor.execute(statement, [*resets, *topics])
+                rows: Sequence[Any] = cursor.fetchall()  # they unpack like tuples
+                return rows
         postgres = _postgres_recorder_class()
         if postgres is not None and isinstance(self.recorder, postgres):
+            from psycopg.rows import tuple_row
             from psycopg.sql import SQL, Identifier
 
-            pg_table = SQL("{}.{}").format(
-                Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
-            )
-            users_query = SQL(
-                "SELECT g.id::text AS id, g.version FROM ("
-                "SELECT MIN(notification_id) AS position, originator_id AS id, "
-                "MAX(originator_version) AS version FROM {0} GROUP BY originator_id"
-                ") AS g JOIN {0} AS r ON r.originator_id = g.id "
-                "AND r.originator_version = 1 AND r.topic = %s ORDER BY g.position"
-            ).format(pg_table)
-            resets_query = SQL(
-                "SELECT originator_id::text AS id, topic, state FROM {0} "
+            query = SQL(
+                "SELECT originator_id::text, originator_version, topic, "
+                "CASE WHEN topic = ANY(%s) THEN state END FROM {}.{} "
                 "WHERE topic = ANY(%s) ORDER BY notification_id"
-            ).format(pg_table)
-            with recorder.datastore.transaction(commit=False) as cursor:
-                # Both statements must read the same snapshot.
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                cursor.execute(users_query, [registered])
-                users = [(r["id"], r["version"]) for r in cursor.fetchall()]
-                cursor.execute(resets_query, [resets])
-                return users, [(r["id"], r["topic"], bytes(r["state"])) for r in cursor.fetchall()]
+            ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with (
+                recorder.datastore.get_connection() as conn,
+                conn.cursor(row_factory=tuple_row) as cursor,
+            ):
+                cursor.execute(query, [resets, topics])
+                pg_rows: Sequence[Any] = cursor.fetchall()
+                return pg_rows
         return None
 
     def _reset_event_decoder(self) -> Callable[[str, bytes], Any]:

@@ -79,7 +79,7 @@ from domain.values import AccountKind, Role
 from projections.base import Follower, ViewDB, rebuild_together
 from projections.pointintime import state_at
 from projections.registry import make_view
-from projections.timeline import ip_to_bytes
+from projections.timeline import TimelineView, ip_to_bytes
 from projections.timeline_query import fetch_page, parse_filter
 from secstate.bootstrap import build_ledger, ensure_postgres_schema, open_view_db
 from secstate.demo import parse_demo_options, run_demo
@@ -850,6 +850,11 @@ def run_backend(
                         conn.execute(f'ANALYZE "{schema}".{table}')
             db = open_view_db(settings, "timeline")
             try:
+                # As the CLI does before a query: a view made by an earlier version gets
+                # today's indexes (and loses the ones no longer used).
+                created = TimelineView().ensure_indexes(db)
+                if created:
+                    log(f"timeline: created indexes {', '.join(created)} (untimed)")
                 entry["queries"] = bench_queries(db, args.queries, args.seed)
             finally:
                 db.close()

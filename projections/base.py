@@ -11,6 +11,9 @@ PostgreSQL (view tables beside the ledger's, in the same schema).
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
+import json
 import secrets
 import sqlite3
 import threading
@@ -134,6 +137,15 @@ class ViewDB:
                 with self._pg.transaction(), self._pg.cursor() as cur:
                     yield Tx(self, cur)
 
+    def execute_outside_transaction(self, statement: str) -> Any:
+        """One statement on its own (PostgreSQL refuses VACUUM inside a transaction);
+        returns the first row, if any."""
+        with self._lock:
+            if self.dialect == "sqlite":
+                return self._sqlite.execute(statement).fetchone()
+            cursor = self._pg.execute(statement)
+            return cursor.fetchone() if cursor.description else None
+
     def table_exists(self, name: str) -> bool:
         with self.reading() as tx:
             if self.dialect == "sqlite":
@@ -217,6 +229,57 @@ class View(ABC):
     def after_build(self, tx: Tx) -> None:  # noqa: B027 - optional hook, no-op by default
         """Called once a rebuild's shadow tables hold the whole log, just before the swap
         (e.g. to create indexes that were cheaper to build once than row by row)."""
+
+    def build_started(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """A rebuild has just created its (empty) shadow tables: ``apply_batch`` will now
+        see the whole log in order, so a view may keep what it writes in memory."""
+
+    def build_ended(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """The rebuild finished, failed or stopped: drop whatever it kept in memory."""
+
+    def rolled_back(self) -> None:  # noqa: B027 - optional hook, no-op by default
+        """A transaction that applied a batch rolled back: forget any in-memory state the
+        batch changed (the tables no longer hold it)."""
+
+
+def _not_serialisable(o: Any) -> Any:
+    raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+
+def compact_json(
+    *,
+    ensure_ascii: bool = True,
+    sort_keys: bool = False,
+    default: Callable[[Any], Any] | None = None,
+) -> Callable[[Any], str]:
+    """``json.dumps(obj, separators=(",", ":"), ...)``, same text, without building an
+    encoder on every call (~1 us of a ~3 us call). No check for circular structures:
+    for the views' own rows, which are trees."""
+    c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has the C encoder
+        return functools.partial(
+            json.dumps,
+            ensure_ascii=ensure_ascii,
+            sort_keys=sort_keys,
+            default=default,
+            separators=(",", ":"),
+        )
+    encode = c_make_encoder(
+        None,  # markers: no circular check
+        default or _not_serialisable,
+        json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring,
+        None,  # indent
+        ":",
+        ",",
+        sort_keys,
+        False,  # skipkeys
+        True,  # allow_nan
+    )
+
+    def dumps(obj: Any) -> str:
+        return "".join(encode(obj, 0))
+
+    return dumps
 
 
 def event_type_name(event: Any) -> str:
@@ -372,16 +435,20 @@ class Follower:
 
         The position is checked first: if someone else moved it, nothing is written.
         """
-        with self.db.transaction() as tx:
-            stored = self._lock_position(tx, tracking_name)
-            if stored != start_after:
-                raise PositionMovedError(
-                    f"{tracking_name}: expected position {start_after}, found {stored}"
-                )
-            self.view.apply_batch(tx, events)
-            self._save_position(tx, tracking_name, events[-1][0])
-            if tracking_name == self.view.name:
-                tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (tracking_name,))
+        try:
+            with self.db.transaction() as tx:
+                stored = self._lock_position(tx, tracking_name)
+                if stored != start_after:
+                    raise PositionMovedError(
+                        f"{tracking_name}: expected position {start_after}, found {stored}"
+                    )
+                self.view.apply_batch(tx, events)
+                self._save_position(tx, tracking_name, events[-1][0])
+                if tracking_name == self.view.name:
+                    tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (tracking_name,))
+        except BaseException:
+            self.view.rolled_back()
+            raise
 
     def _apply(self, tracking_name: str, start_after: int, events: list[tuple[int, Any]]) -> None:
         """The whole batch at once; if it fails, event by event to commit everything before
@@ -530,20 +597,44 @@ class Follower:
             for statement in self.view.ddl(self.db.dialect):
                 tx.execute(statement)
             tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
+        self.view.build_started()
 
     def _swap_in(self, position: int) -> None:
         with self.db.transaction() as tx:
             self.view.after_build(tx)
-        with self.db.transaction() as tx:
-            # Lock the live position first: a follower mid-batch finishes before the
-            # swap, and one arriving after it sees the new position and re-reads.
-            self._lock_position(tx, self.view.name)
+        secure_delete = None
+        if self.db.dialect == "sqlite":
+            # Dropping the old tables frees every page they held, and secure_delete (on in
+            # Debian's SQLite) writes zeros over each one first: ~3 us a row, as long as
+            # the whole index build. FAST still clears what it rewrites anyway; the old
+            # rows hold nothing the new ones (and the ledger) do not.
+            secure_delete = self.db.execute_outside_transaction("PRAGMA secure_delete")[0]
+            self.db.execute_outside_transaction("PRAGMA secure_delete = FAST")
+        try:
+            with self.db.transaction() as tx:
+                # Lock the live position first: a follower mid-batch finishes before the
+                # swap, and one arriving after it sees the new position and re-reads.
+                self._lock_position(tx, self.view.name)
+                for table in self.view.tables:
+                    tx.execute(f"DROP TABLE IF EXISTS {table}")
+                    tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
+                tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
+                tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.view.name,))
+                self._save_position(tx, self.view.name, position)
+        finally:
+            if secure_delete is not None:
+                self.db.execute_outside_transaction(f"PRAGMA secure_delete = {int(secure_delete)}")
+        if self.db.dialect == "postgres":
+            # Fresh tables have neither planner statistics nor a visibility map until
+            # autovacuum comes by; good plans and index-only scans need both.
             for table in self.view.tables:
-                tx.execute(f"DROP TABLE IF EXISTS {table}")
-                tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
-            tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
-            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.view.name,))
-            self._save_position(tx, self.view.name, position)
+                self.db.execute_outside_transaction(f"VACUUM (ANALYZE) {table}")
+
+
+# A rebuild commits this many of the follower's batches at a time: fewer, larger
+# transactions rewrite fewer pages (a record updated twice is written once) and commit
+# less often (~8% faster at 2,000 a batch). Nobody reads a shadow table meanwhile.
+REBUILD_BATCHES_PER_COMMIT = 5
 
 
 def rebuild_together(
@@ -554,36 +645,41 @@ def rebuild_together(
     """Rebuild several views of one ledger from a single scan of the log.
 
     Reading and decoding the log costs more than most views' own work, so each batch
-    is decoded once and applied to every view's shadow tables (each view in its own
-    transaction, with its own shadow position). When all reach the head, each is swapped
-    in. A failure leaves every live view untouched. Returns the position swapped in, or
-    -1 if ``stopping`` was set first.
+    is read straight from the ledger's table and decoded once (``projections.fastlog``:
+    the same events as the ledger's mapper makes, cheaper), then applied to every view's
+    shadow tables (each view in its own transaction, with its own shadow position).
+    When all reach the head, each is swapped in. A failure leaves every live view
+    untouched. Returns the position swapped in, or -1 if ``stopping`` was set first.
     """
+    from projections.fastlog import EventDecoder, LogReader  # it imports this module
+
     if not followers:
         raise ValueError("nothing to rebuild")
     first = followers[0]
+    names = ", ".join(f.view.name for f in followers)
+    reader, decoder = LogReader(first.ledger), EventDecoder(first.ledger)
+    batch_size = first.batch_size * REBUILD_BATCHES_PER_COMMIT
+    # A rebuild makes millions of short-lived dicts and tuples, none of them in a cycle;
+    # the cyclic collector would walk every live batch and cached record again and again
+    # (a quarter of the time). Reference counting frees them all the same.
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         for follower in followers:
             follower._start_shadow()
         position = 0
         for target in (first.head(), None):  # up to the head, then what arrived meanwhile
             while (target is None or position < target) and not (stopping and stopping.is_set()):
-                notifications = first.ledger.recorder.select_notifications(
-                    start=position + 1, limit=first.batch_size, stop=target
-                )
-                if not notifications:
+                rows = reader.read(position + 1, batch_size, target)
+                if not rows:
                     break
                 events: list[tuple[int, Any]] = []
-                for n in notifications:
+                for row in rows:
                     try:
-                        events.append((n.id, first._decode(n)))
+                        events.append((row[0], decoder.decode(row)))
                     except Exception as error:
-                        raise ProjectionFailedError(
-                            ", ".join(f.view.name for f in followers),
-                            n.id,
-                            n.topic.removeprefix(TRUSTED_TOPIC_PREFIX),
-                            error,
-                        ) from error
+                        topic = row[3].removeprefix(TRUSTED_TOPIC_PREFIX)
+                        raise ProjectionFailedError(names, row[0], topic, error) from error
                 for follower in followers:
                     try:
                         follower._apply(follower.shadow_name, position, events)
@@ -599,7 +695,10 @@ def rebuild_together(
             follower._swap_in(position)
         return position
     finally:
+        if collecting:
+            gc.enable()
         for follower in followers:
+            follower.view.build_ended()
             follower.view.suffix = ""
 
 

@@ -29,7 +29,16 @@ from domain.account import Account, dkim_ref
 from domain.errors import UnknownAccountError, UnknownUserError
 from domain.user import User
 from domain.values import UserStatus
-from projections.base import Dialect, ProjectionFailedError, Tx, View, ViewDB, event_type_name
+from projections.base import (
+    REBUILD_SUFFIX,
+    Dialect,
+    ProjectionFailedError,
+    Tx,
+    View,
+    ViewDB,
+    compact_json,
+    event_type_name,
+)
 
 Record = dict[str, Any]
 Document = dict[str, Any]
@@ -39,6 +48,9 @@ USERS_TABLE = "state_users"
 ACCOUNT_TOPIC_PREFIX = "secstate.Account."
 USER_TOPIC_PREFIX = "secstate.User."
 _IN_CHUNK = 500  # bound on parameters per IN (...) list
+# A rebuild keeps the records it wrote in memory up to this many (then reads them back).
+_MAX_BUILT_RECORDS = 500_000
+_dumps = compact_json()  # json.dumps(record, separators=(",", ":")), cheaper
 
 
 # --- small conversions -------------------------------------------------------------------
@@ -598,10 +610,16 @@ class StateView(View):
     def __init__(self, db: ViewDB | None = None) -> None:
         super().__init__()
         self.db = db
+        # During a rebuild: the records as committed so far, by table (None otherwise).
+        # Every batch of a rebuild would otherwise read back and parse the records it
+        # touches; a rolled-back batch empties them (see rolled_back).
+        self._built: dict[str, dict[str, Record]] | None = None
+        # Aggregate id (as int) -> its text, the records' key (str(UUID) costs ~1 us).
+        self._keys: dict[int, str] = {}
 
     def ddl(self, dialect: Dialect) -> list[str]:
         accounts, users = self.t(ACCOUNTS_TABLE), self.t(USERS_TABLE)
-        return [
+        statements = [
             f"CREATE TABLE {accounts} ("
             "account_id TEXT PRIMARY KEY, name TEXT NOT NULL, kind TEXT NOT NULL, "
             "record TEXT NOT NULL)",
@@ -612,12 +630,36 @@ class StateView(View):
             "reset_required INTEGER NOT NULL, reset_campaign_id TEXT, "
             "password_changed_at TEXT, failed_logins INTEGER NOT NULL, last_login_at TEXT, "
             "confirmed_factors INTEGER NOT NULL, record TEXT NOT NULL)",
+        ]
+        # A rebuild's shadow gets its query indexes once it is full (after_build): cheaper
+        # than keeping four indexes up to date on every upsert.
+        if self.suffix != REBUILD_SUFFIX:
+            statements.extend(self._user_indexes())
+        return statements
+
+    def _user_indexes(self) -> list[str]:
+        users = self.t(USERS_TABLE)
+        return [
             f"CREATE INDEX {self.i('state_users_account')} ON {users} (account_id)",
             f"CREATE INDEX {self.i('state_users_username')} ON {users} (username)",
             f"CREATE INDEX {self.i('state_users_status')} ON {users} (status)",
             f"CREATE INDEX {self.i('state_users_reset')} ON {users} "
             "(reset_required, reset_campaign_id)",
         ]
+
+    def after_build(self, tx: Tx) -> None:
+        for statement in self._user_indexes():
+            tx.execute(statement)
+
+    def build_started(self) -> None:
+        self._built = {ACCOUNTS_TABLE: {}, USERS_TABLE: {}}
+
+    def build_ended(self) -> None:
+        self._built = None
+
+    def rolled_back(self) -> None:
+        if self._built is not None:
+            self._built = {ACCOUNTS_TABLE: {}, USERS_TABLE: {}}
 
     # --- applying events -----------------------------------------------------------------
 
@@ -628,6 +670,7 @@ class StateView(View):
         plan: list[tuple[int, Any, str, dict[str, Record], Handler, bool]] = []
         wanted_accounts: set[str] = set()
         wanted_users: set[str] = set()
+        keys = self._keys
         for position, event in events:
             topic: str = getattr(type(event), "TOPIC", "")
             entry = HANDLERS.get(topic)
@@ -643,7 +686,12 @@ class StateView(View):
                     LookupError(f"the state view has no handler for {topic}"),
                 )
             kind, handler, creates = entry
-            key = str(event.originator_id)
+            originator = event.originator_id.int
+            key = keys.get(originator)
+            if key is None:
+                if len(keys) >= _MAX_BUILT_RECORDS:
+                    keys.clear()
+                key = keys[originator] = str(event.originator_id)
             if kind == _A:
                 plan.append((position, event, key, accounts, handler, creates))
                 if not creates:
@@ -653,8 +701,8 @@ class StateView(View):
                 if not creates:
                     wanted_users.add(key)
 
-        accounts.update(self._load(tx, self.t(ACCOUNTS_TABLE), "account_id", wanted_accounts))
-        users.update(self._load(tx, self.t(USERS_TABLE), "user_id", wanted_users))
+        accounts.update(self._records(tx, ACCOUNTS_TABLE, "account_id", wanted_accounts))
+        users.update(self._records(tx, USERS_TABLE, "user_id", wanted_users))
         for position, event, key, records, handler, creates in plan:
             record = records.get(key)
             try:
@@ -666,6 +714,23 @@ class StateView(View):
 
         self._write_accounts(tx, accounts.values())
         self._write_users(tx, users.values())
+        if self._built is not None:
+            # Kept as they will be once this transaction commits (rolled_back undoes it).
+            for table, records in ((ACCOUNTS_TABLE, accounts), (USERS_TABLE, users)):
+                built = self._built[table]
+                if len(built) + len(records) > _MAX_BUILT_RECORDS:
+                    built.clear()
+                built.update(records)
+
+    def _records(self, tx: Tx, table: str, key_column: str, keys: set[str]) -> dict[str, Record]:
+        """The stored records of ``keys`` (those that exist), to be changed in place."""
+        if self._built is None:
+            return self._load(tx, self.t(table), key_column, keys)
+        built = self._built[table]
+        found = {key: built[key] for key in keys if key in built}
+        if len(found) < len(keys):
+            found.update(self._load(tx, self.t(table), key_column, keys - found.keys()))
+        return found
 
     @staticmethod
     def _load(tx: Tx, table: str, key_column: str, keys: set[str]) -> dict[str, Record]:
@@ -682,9 +747,7 @@ class StateView(View):
         return found
 
     def _write_accounts(self, tx: Tx, records: Iterable[Record]) -> None:
-        rows = [
-            (r["id"], r["name"], r["kind"], json.dumps(r, separators=(",", ":"))) for r in records
-        ]
+        rows = [(r["id"], r["name"], r["kind"], _dumps(r)) for r in records]
         tx.executemany(
             f"INSERT INTO {self.t(ACCOUNTS_TABLE)} (account_id, name, kind, record) "
             "VALUES (?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET "
@@ -707,7 +770,7 @@ class StateView(View):
                 r["failed_logins"],
                 r["last_login_at"],
                 sum(1 for f in r["factors"].values() if f["confirmed_at"] is not None),
-                json.dumps(r, separators=(",", ":")),
+                _dumps(r),
             )
             for r in records
         ]

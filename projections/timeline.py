@@ -18,7 +18,9 @@ import dataclasses
 import ipaddress
 import json
 import operator
+import re
 import socket
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +34,7 @@ from projections.base import (
     Tx,
     View,
     ViewDB,
+    compact_json,
     event_type_name,
 )
 from projections.summaries import Names, Summariser, summariser_for
@@ -49,9 +52,8 @@ SECRET_FIELDS = SECRET_EVENT_FIELDS
 # Public facts derived from a dropped secret field: how many, never what.
 _DERIVED: dict[str, tuple[str, Callable[[Any], Any]]] = {"code_hashes": ("code_count", len)}
 
-_encode_json = json.JSONEncoder(
-    default=str, separators=(",", ":"), ensure_ascii=False, sort_keys=True
-).encode
+# json.dumps(details, default=str, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+_encode_json = compact_json(ensure_ascii=False, sort_keys=True, default=str)
 
 
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
@@ -93,6 +95,8 @@ class _Spec:
     derived: tuple[tuple[str, str, Callable[[Any], Any]], ...]
     summarise: Summariser
     values: Callable[[dict[str, Any]], tuple[Any, ...]]
+    # The details of events whose kept values are all plain (see _plain_details), or None.
+    plain: Callable[[dict[str, Any]], str | None] | None = None
     json_cache: dict[tuple[Any, ...], str] = dataclasses.field(default_factory=dict, compare=False)
 
 
@@ -114,7 +118,47 @@ def _spec_for(cls: type) -> _Spec:
         values = lambda data: (data[only],)  # noqa: E731 - itemgetter of one key is no tuple
     else:
         values = operator.itemgetter(*keep)
-    return _Spec(type_name, family, keep, derived, summariser_for(type_name), values)
+    plain = _plain_details(keep) if keep and not derived else None
+    return _Spec(type_name, family, keep, derived, summariser_for(type_name), values, plain)
+
+
+_encode_text = json.encoder.encode_basestring  # the encoder's own, for ensure_ascii=False
+
+
+def _plain_details(keep: tuple[str, ...]) -> Callable[[dict[str, Any]], str | None]:
+    """The details JSON (``_encode_json`` of the kept fields, keys sorted) written out
+    directly when every value is a str, None, bool, int or UUID, the types of nearly
+    every event; None for anything else, which goes the general way. Same text: strings
+    through the encoder's own escaping, ints by ``int.__repr__`` as the encoder does,
+    UUIDs as ``str`` (the encoder's ``default``)."""
+    order = sorted(keep)
+    heads = tuple(
+        ("{" if k == 0 else ",") + _encode_text(name) + ":" for k, name in enumerate(order)
+    )
+    fields = tuple(zip(heads, order, strict=True))
+    uuid_type, text_type, int_type, bool_type = uuid.UUID, str, int, bool
+
+    def encode(data: dict[str, Any]) -> str | None:
+        parts = []
+        for head, name in fields:
+            value = data[name]
+            kind = type(value)
+            if kind is text_type:
+                parts.append(head + _encode_text(value))
+            elif value is None:
+                parts.append(head + "null")
+            elif kind is bool_type:
+                parts.append(head + ("true" if value else "false"))
+            elif kind is int_type:
+                parts.append(head + int.__repr__(value))
+            elif kind is uuid_type:
+                parts.append(head + _encode_text(str(value)))
+            else:
+                return None
+        parts.append("}")
+        return "".join(parts)
+
+    return encode
 
 
 def event_type_name_of(cls: type) -> str:
@@ -145,14 +189,20 @@ INSERT_COLUMNS = (
 
 # Name -> definition on the timeline table. Partial indexes: rows without the column
 # cost nothing to write, and ``col = ?`` implies ``col IS NOT NULL`` on both databases.
+# Every index ends with the position: a query can take the positions of its matches from
+# the index alone (an index-only scan on PostgreSQL; SQLite's rowid is the position),
+# sort those, and read only the page's rows (see timeline_query).
 TIMELINE_INDEXES: dict[str, str] = {
     "tl_account": "(account, position) WHERE account IS NOT NULL",
     "tl_username": "(username, position) WHERE username IS NOT NULL",
     "tl_actor": "(actor_kind, actor_id, position)",
     "tl_ip": "(ip_bytes, position) WHERE ip_bytes IS NOT NULL",
-    "tl_type": "(event_type, occurred_us)",
-    "tl_occurred": "(occurred_us)",
+    "tl_type_time": "(event_type, occurred_us, position)",
+    "tl_time": "(occurred_us, position)",
 }
+# Indexes of earlier versions, dropped when the ones above are created.
+OBSOLETE_INDEXES = ("tl_type", "tl_occurred")
+_TOKENED = re.compile(r"(.+)_[0-9a-f]{8}")
 # A batch shorter than this means the follower has caught up with the log's head.
 INDEX_WHEN_BATCH_BELOW = 1000
 # Below this many rows any plan is fast: statistics are not worth refreshing.
@@ -229,8 +279,8 @@ class TimelineView(View):
             f"CREATE INDEX {i('tl_ids_name')} ON {ids} (kind, name)",
         ]
 
-    def missing_indexes(self, tx: Tx) -> list[str]:
-        """Names of the timeline indexes the (current) table lacks."""
+    def _indexes(self, tx: Tx) -> dict[str, str]:
+        """The (current) table's indexes: name without its build token -> full name."""
         table = self.t(TIMELINE)
         if tx.dialect == "sqlite":
             rows = tx.query_all(
@@ -242,11 +292,23 @@ class TimelineView(View):
                 "AND tablename = ?",
                 (table,),
             )
-        present = [str(r[0]) for r in rows]
-        # Index names carry a per-build token (see View.i), so match on the prefix.
-        return [
-            name for name in TIMELINE_INDEXES if not any(p.startswith(name + "_") for p in present)
-        ]
+        # Index names carry a per-build token (see View.i): ``<name>_<8 hex digits>``.
+        found = {}
+        for row in rows:
+            match = _TOKENED.fullmatch(str(row[0]))
+            if match:
+                found[match.group(1)] = str(row[0])
+        return found
+
+    def missing_indexes(self, tx: Tx) -> list[str]:
+        """Names of the timeline indexes the (current) table lacks."""
+        present = self._indexes(tx)
+        return [name for name in TIMELINE_INDEXES if name not in present]
+
+    def obsolete_indexes(self, tx: Tx) -> list[str]:
+        """Full names of indexes an earlier version made that are no longer used."""
+        present = self._indexes(tx)
+        return [present[name] for name in OBSOLETE_INDEXES if name in present]
 
     def create_missing_indexes(self, tx: Tx) -> list[str]:
         missing = self.missing_indexes(tx)
@@ -261,6 +323,8 @@ class TimelineView(View):
                 f"CREATE INDEX {self.i(name)} ON {self.t(TIMELINE)} {TIMELINE_INDEXES[name]}"
             )
         if missing:
+            for name in self.obsolete_indexes(tx):
+                tx.execute(f"DROP INDEX {name}")
             self.analyze(tx)
         return missing
 
@@ -404,6 +468,10 @@ class TimelineView(View):
         """Public fields as JSON; repeated value combinations are encoded once."""
         if not spec.keep and not spec.derived:
             return "{}"
+        if spec.plain is not None:
+            text = spec.plain(data)
+            if text is not None:
+                return text
         values = spec.values(data)
         try:
             return spec.json_cache[values]

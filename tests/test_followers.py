@@ -314,7 +314,7 @@ def test_rebuild_keeps_the_old_rows_visible_until_the_swap_then_matches_incremen
 ) -> None:
     # given a view built incrementally, then damaged so old and new content differ
     write_events(ledger, ctx, accounts=5, per_account=40)
-    follower = Follower(ledger, PositionsView(), view_db, batch_size=25)
+    follower = Follower(ledger, PositionsView(), view_db, batch_size=10)
     follower.catch_up()
     incremental = seen(view_db)
     with view_db.transaction() as tx:

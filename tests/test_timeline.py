@@ -26,6 +26,7 @@ from projections.timeline import (
     IDS,
     SECRET_FIELDS,
     TIMELINE,
+    TIMELINE_INDEXES,
     TOUCH,
     TimelineView,
     ip_to_bytes,
@@ -404,6 +405,32 @@ def test_indexes_are_created_once_the_follower_reaches_the_head(
     assert view.ensure_indexes(view_db) == []
 
 
+def test_a_view_indexed_by_an_earlier_version_gets_todays_indexes_and_loses_the_old_ones(
+    followed: Follower, view_db: ViewDB
+) -> None:
+    # given a timeline indexed as an earlier version did: (event_type, occurred_us) and
+    # (occurred_us), without the position
+    view = followed.view
+    assert isinstance(view, TimelineView)
+    with view_db.transaction() as tx:
+        for name, full in view._indexes(tx).items():
+            if name in ("tl_type_time", "tl_time"):
+                tx.execute(f"DROP INDEX {full}")
+        tx.execute("CREATE INDEX tl_type_0badc0de ON timeline (event_type, occurred_us)")
+        tx.execute("CREATE INDEX tl_occurred_0badc0de ON timeline (occurred_us)")
+    before = [e.to_dict() for e in query(view_db, types=["User.*"], since="2026-01-01")]
+    # when the CLI makes sure of the indexes before a query
+    created = view.ensure_indexes(view_db)
+    # then today's are there, the old ones gone, and queries answer as before
+    assert sorted(created) == ["tl_time", "tl_type_time"]
+    with view_db.reading() as tx:
+        assert view.missing_indexes(tx) == []
+        assert view.obsolete_indexes(tx) == []
+        assert set(view._indexes(tx)) - {"tl_pk"} == set(TIMELINE_INDEXES)  # pk: PostgreSQL
+    after = [e.to_dict() for e in query(view_db, types=["User.*"], since="2026-01-01")]
+    assert after == before
+
+
 # --- filters -------------------------------------------------------------------------------
 
 
@@ -543,6 +570,8 @@ PAGED_FILTERS: list[dict[str, Any]] = [
     {"types": ["User.*"]},
     {"ip": "::/0"},
     {"since": "2026-03-02"},
+    {"types": ["User.*", "Account.*"], "since": "2026-03-01T09:00:05Z"},
+    {"account": "acme", "types": ["User.*", "Account.*"], "until": "2027-01-01"},
 ]
 
 
@@ -572,7 +601,8 @@ def test_pages_cover_every_match_exactly_once_in_both_orders(
     for filters in PAGED_FILTERS:
         expected = [e.position for e in query(view_db, **filters)]
         assert len(expected) > 3, filters
-        # probe_window 3: SQLite walks 3 positions, then falls back on the filter's index
+        # probe_window 3: a walk of 3 positions, then the filters' indexes (PostgreSQL:
+        # positions from the index, sorted, then the rows)
         for order in ("asc", "desc"):
             for probe_window in (0, 3):
                 # when

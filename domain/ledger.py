@@ -265,9 +265,8 @@ class Ledger(Application[uuid.UUID]):
 
     def _check_actor(self, ctx: RequestContext) -> None:
         """Refuse any action by a disabled user or employee."""
-        if ctx.actor.kind not in (ActorKind.USER, ActorKind.STAFF):
-            return
-        if self._actor_disabled(User.create_id(ctx.actor.id)):
+        user_id = _acting_user_id(ctx)
+        if user_id is not None and self._actor_disabled(user_id):
             raise UserDisabledError(f"actor {ctx.actor} is disabled and may not act")
 
     def _actor_disabled(self, user_id: uuid.UUID) -> bool:
@@ -279,32 +278,124 @@ class Ledger(Application[uuid.UUID]):
         (DISABLED_AFTER). So a disable by another process is seen by the next check.
         """
         known = self._actors.get(user_id)
-        if known is None:
-            try:
-                actor = self.load(User, user_id)
-            except AggregateNotFoundError:
-                return False  # an identity from outside the ledger (e.g. SSO); nothing to check
-            version, disabled = actor.version, actor.disabled
-        else:
-            version, disabled = known
-            for stored in self.recorder.select_events(user_id, gt=version):
-                version = stored.originator_version
-                disabled = DISABLED_AFTER.get(stored.topic, disabled)
-            if (version, disabled) == known:
-                return disabled
-        if known is None:
-            _remember(self._actors, user_id, (version, disabled))
-        else:
+        if known is not None:
+            newer = self.recorder.select_events(user_id, gt=known[0])
+            return self._actor_after(
+                user_id, known, [(e.originator_version, e.topic) for e in newer]
+            )
+        try:
+            actor = self.load(User, user_id)
+        except AggregateNotFoundError:
+            return False  # an identity from outside the ledger (e.g. SSO); nothing to check
+        _remember(self._actors, user_id, (actor.version, actor.disabled))
+        return actor.disabled
+
+    def _actor_after(
+        self, user_id: uuid.UUID, known: tuple[int, bool], newer: Iterable[tuple[int, str]]
+    ) -> bool:
+        """Whether a remembered actor is disabled after its newer (version, topic)s."""
+        version, disabled = known
+        for version, topic in newer:  # noqa: B007 - the last version is the one kept
+            disabled = DISABLED_AFTER.get(topic, disabled)
+        if (version, disabled) != known:
             self._actors[user_id] = (version, disabled)
         return disabled
+
+    def _checked_load(self, cls: type[A], aggregate_id: uuid.UUID, ctx: RequestContext) -> A | None:
+        """_check_actor; and, where one statement can read both the actor's newer events
+        and the aggregate's (both remembered, the aggregate too short for a snapshot),
+        the aggregate too, sparing a round trip. None: load it the usual way."""
+        user_id = _acting_user_id(ctx)
+        known_actor = None if user_id is None else self._actors.get(user_id)
+        known = self._loaded.get(aggregate_id)
+        read = None
+        if (
+            user_id is not None
+            and known_actor is not None
+            and known is not None
+            and not self._snapshot_may_exist(*known)
+        ):
+            read = self._read_actor_and_aggregate(user_id, known_actor[0], aggregate_id)
+        if user_id is None or known_actor is None or read is None:
+            self._check_actor(ctx)
+            return None
+        newer, rows = read
+        if self._actor_after(user_id, known_actor, newer):
+            raise UserDisabledError(f"actor {ctx.actor} is disabled and may not act")
+        aggregate = _project(
+            None,
+            (
+                self.mapper.to_domain_event(
+                    StoredEvent(
+                        originator_id=aggregate_id,
+                        originator_version=version,
+                        topic=topic,
+                        state=state,
+                    )
+                )
+                for version, topic, state in rows
+            ),
+        )
+        if not isinstance(aggregate, cls):
+            return None  # absent or of another class: the usual load says which
+        self._loaded[aggregate_id] = (type(aggregate), aggregate.version)
+        return aggregate
+
+    def _read_actor_and_aggregate(
+        self, user_id: uuid.UUID, after: int, aggregate_id: uuid.UUID
+    ) -> tuple[list[tuple[int, str]], list[tuple[int, str, bytes]]] | None:
+        """In one statement: the acting user's (version, topic) after ``after``, and
+        every (version, topic, state) of the aggregate (which may be the same user).
+        None where the recorder is neither SQLite nor PostgreSQL."""
+        recorder: Any = self.recorder
+        rows: Sequence[Any]
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            table = recorder.events_table_name
+            statement = (
+                "SELECT 0, originator_version, topic, NULL FROM "  # noqa: S608 - the recorder's table
+                f"{table} WHERE originator_id = ? AND originator_version > ? UNION ALL "
+                f"SELECT 1, originator_version, topic, state FROM {table} "
+                "WHERE originator_id = ? ORDER BY 1, 2"
+            )
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, [user_id.hex, after, aggregate_id.hex])
+                rows = cursor.fetchall()
+        else:
+            postgres = _postgres_recorder_class()
+            if postgres is None or not isinstance(self.recorder, postgres):
+                return None
+            from psycopg.rows import tuple_row
+            from psycopg.sql import SQL, Identifier
+
+            query = SQL(
+                "SELECT 0, originator_version, topic, NULL::bytea FROM {0} "
+                "WHERE originator_id = %s AND originator_version > %s UNION ALL "
+                "SELECT 1, originator_version, topic, state FROM {0} "
+                "WHERE originator_id = %s ORDER BY 1, 2"
+            ).format(
+                SQL("{}.{}").format(
+                    Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
+                )
+            )
+            with (
+                recorder.datastore.get_connection() as conn,
+                conn.cursor(row_factory=tuple_row) as cursor,
+            ):
+                cursor.execute(query, [user_id, after, aggregate_id], prepare=True)
+                rows = cursor.fetchall()
+        newer = [(version, topic) for part, version, topic, _ in rows if part == 0]
+        events = [(version, topic, bytes(state)) for part, version, topic, state in rows if part]
+        return newer, events
 
     def _on_account(
         self, name: str, ctx: RequestContext, change: Callable[[Account, Stamp], T]
     ) -> T:
-        self._check_actor(ctx)
+        loaded = self._checked_load(Account, Account.create_id(name), ctx)
 
         def attempt() -> T:
-            account = self.get_account(name)
+            nonlocal loaded
+            account = loaded if loaded is not None else self.get_account(name)
+            loaded = None  # a retry reloads
             result = change(account, self.stamp(ctx))
             self.save(account)
             return result
@@ -312,10 +403,12 @@ class Ledger(Application[uuid.UUID]):
         return self._retrying(attempt)
 
     def _on_user(self, username: str, ctx: RequestContext, change: Callable[[User, Stamp], T]) -> T:
-        self._check_actor(ctx)
+        loaded = self._checked_load(User, User.create_id(username), ctx)
 
         def attempt() -> T:
-            user = self.get_user(username)
+            nonlocal loaded
+            user = loaded if loaded is not None else self.get_user(username)
+            loaded = None  # a retry reloads
             result = change(user, self.stamp(ctx))
             self.save(user)
             return result
@@ -861,6 +954,13 @@ class Ledger(Application[uuid.UUID]):
                 c.system, c.resource, c.action, c.records, list(c.customer_accounts), s
             ),
         )
+
+
+def _acting_user_id(ctx: RequestContext) -> uuid.UUID | None:
+    """The User id of an acting user or employee; None for other kinds of actor."""
+    if ctx.actor.kind not in (ActorKind.USER, ActorKind.STAFF):
+        return None
+    return User.create_id(ctx.actor.id)
 
 
 def _remember(memory: dict[K, V], key: K, value: V) -> None:

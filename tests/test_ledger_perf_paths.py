@@ -120,6 +120,55 @@ def test_outside_actor_who_is_registered_and_disabled_later_is_refused(
         add_entry(ledger, as_user("bob"), "acme", 2)
 
 
+def test_employee_disabled_through_another_ledger_may_not_act_on_users(
+    ledger: Ledger, other: Ledger, ctx: RequestContext
+) -> None:
+    # given an employee who has acted on a user through this ledger
+    open_account(ledger, ctx, "acme")
+    register(ledger, ctx, "alice", "acme")
+    open_account(ledger, ctx, "staff")
+    register(ledger, ctx, "e1", "staff")
+    staff = RequestContext(Actor(ActorKind.STAFF, "e1"), source_ip="198.51.100.20")
+    require_reset = c.parse_command(
+        c.RequirePasswordReset, username="alice", reason="support", campaign_id="t1"
+    )
+    assert ledger.require_password_reset(require_reset, staff)
+    # when another process disables the employee
+    other.disable_user(c.parse_command(c.DisableUser, username="e1", reason="left"), ctx)
+    # then the employee's next action on a user is refused, and nothing is saved
+    before = log_size(ledger)
+    with pytest.raises(UserDisabledError):
+        ledger.require_password_reset(require_reset.model_copy(update={"campaign_id": "t2"}), staff)
+    assert log_size(ledger) == before
+
+
+def test_user_acting_on_herself_builds_on_her_latest_version(
+    ledger: Ledger, other: Ledger, ctx: RequestContext
+) -> None:
+    # given alice acting on herself here, one attempt per command (a stale load would
+    # conflict and fail), while another process changes her between her commands
+    ledger.max_retries = 1
+    open_account(ledger, ctx, "acme")
+    register(ledger, ctx, "alice", "acme")
+    for n in range(3):
+        ledger.require_password_reset(
+            c.parse_command(
+                c.RequirePasswordReset, username="alice", reason="self", campaign_id=f"c{n}"
+            ),
+            as_user("alice"),
+        )
+        other.require_password_reset(
+            c.parse_command(
+                c.RequirePasswordReset, username="alice", reason="other", campaign_id=f"o{n}"
+            ),
+            ctx,
+        )
+    # then every command landed, and this ledger reads what a full replay reads
+    loaded = ledger.get_user("alice")
+    assert loaded.reset_campaigns == ["c0", "o0", "c1", "o1", "c2", "o2"]
+    assert loaded == replayed(ledger, loaded.id) == other.get_user("alice")
+
+
 def test_only_the_remembered_events_change_whether_a_user_is_disabled() -> None:
     # given every User event class but the one that creates the user
     classes = [

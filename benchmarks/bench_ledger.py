@@ -214,10 +214,9 @@ def ours_steps(
             command = parse_command(
                 cmd.AddAllowlistEntry, account=account, cidr=cidr, label="office"
             )
-        with timer.step("actor check (1 query: the acting user's newer events)"):
-            ledger._check_actor(ctx)
-        with timer.step("load the account (1 query once seen short: events)"):
-            loaded = ledger.get_account(command.account)
+        with timer.step("actor check + load the account (1 query once both seen)"):
+            checked = ledger._checked_load(Account, Account.create_id(command.account), ctx)
+            loaded = checked if checked is not None else ledger.get_account(command.account)
         with timer.step("  for comparison: the account's events alone (1 query)"):
             _project(None, ledger.events.get(loaded.id))
         with timer.step("stamp"):

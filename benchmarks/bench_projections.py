@@ -22,8 +22,12 @@ the demo into PostgreSQL instead. ``--demo-rate N`` only times the demo generato
     (``rebuild_together``, what ``secstate project rebuild state timeline`` runs); next
     to a bare scan and decode of the same log in the same round
     (``recorder.select_notifications`` in batches of the follower's size +
-    ``mapper.to_domain_event``). The cases take turns, in rotating order.
-(b) timeline queries on the rebuilt view: the first page (50 rows, the CLI's default) of
+    ``mapper.to_domain_event``) and to the rebuild's own read and decode
+    (``projections.fastlog``, in the rebuild's batches). Every rebuild goes through
+    ``rebuild_together`` (``Follower.rebuild`` too). The cases take turns, in rotating
+    order.
+(b) timeline queries on the rebuilt view (its indexes ensured first, as the CLI does):
+    the first page (50 rows, the CLI's default) of
     ``fetch_page(db, parse_filter(...))`` for filters by account, actor, IPv4 /24, IPv6
     /48, whole customer networks, event type + time window, account + type + window,
     parameters drawn from random rows of the view; p50/p95/max.
@@ -76,7 +80,8 @@ from domain.context import Actor, ActorKind, RequestContext, Stamp
 from domain.ledger import Ledger
 from domain.user import User
 from domain.values import AccountKind, Role
-from projections.base import Follower, ViewDB, rebuild_together
+from projections.base import REBUILD_BATCHES_PER_COMMIT, Follower, ViewDB, rebuild_together
+from projections.fastlog import EventDecoder, LogReader
 from projections.pointintime import state_at
 from projections.registry import make_view
 from projections.timeline import TimelineView, ip_to_bytes
@@ -446,6 +451,23 @@ def bare_scan(ledger: Ledger, batch_size: int) -> tuple[int, Spent]:
     return count, watch.spent()
 
 
+def fast_scan(ledger: Ledger, batch_size: int) -> tuple[int, Spent]:
+    """Read and decode the whole log as a rebuild does (``projections.fastlog``), doing
+    nothing with the events."""
+    reader, decoder = LogReader(ledger), EventDecoder(ledger)
+    count = 0
+    start = 1
+    watch = Stopwatch()
+    while True:
+        rows = reader.read(start, batch_size)
+        if not rows:
+            break
+        decoder.decode_all(rows)
+        count += len(rows)
+        start = rows[-1][0] + 1
+    return count, watch.spent()
+
+
 @dataclass
 class Built:
     name: str
@@ -598,7 +620,16 @@ def rebuild_both_together(settings: Settings, ledger: Ledger, batch_size: int) -
             follower.db.close()
 
 
-REBUILD_CASES = ("bare", "state", "timeline", "sequential", "threads", "processes", "together")
+REBUILD_CASES = (
+    "bare",
+    "fast",
+    "state",
+    "timeline",
+    "sequential",
+    "threads",
+    "processes",
+    "together",
+)
 
 
 def bench_rebuild(
@@ -618,6 +649,10 @@ def bench_rebuild(
         nonlocal events
         events, spent = bare_scan(ledger, batch_size)
         record("bare", events, spent)
+
+    def run_fast() -> None:
+        count, spent = fast_scan(ledger, batch_size * REBUILD_BATCHES_PER_COMMIT)
+        record("fast", count, spent)
 
     def run_sequential() -> None:
         total = Spent(0.0, 0.0)
@@ -639,6 +674,7 @@ def bench_rebuild(
     head = int(ledger.recorder.max_notification_id() or 0)
     cases: list[Callable[[], None]] = [
         run_bare,
+        run_fast,
         run_sequential,
         run_threads,
         run_processes,
@@ -655,6 +691,9 @@ def bench_rebuild(
             result[clock][f"ratio_{case}_to_bare"] = Summary.of(
                 paired_ratios(samples[case], samples["bare"])
             ).as_dict()
+        result[clock]["ratio_together_to_fast"] = Summary.of(
+            paired_ratios(samples["together"], samples["fast"])
+        ).as_dict()
     if profile is not None:
         for name in VIEWS:
             log(f"profiling one rebuild of {name}")
@@ -900,6 +939,7 @@ def report(results: dict[str, Any]) -> None:
             [
                 "backend",
                 "bare scan+decode",
+                "fast scan+decode (fastlog)",
                 "state",
                 "timeline",
                 "both, one after the other",
@@ -910,6 +950,7 @@ def report(results: dict[str, Any]) -> None:
                 "ratio threads/bare",
                 "ratio processes/bare",
                 "ratio together/bare",
+                "ratio together/fast",
             ],
             [
                 [
@@ -926,6 +967,7 @@ def report(results: dict[str, Any]) -> None:
                             "ratio_threads_to_bare",
                             "ratio_processes_to_bare",
                             "ratio_together_to_bare",
+                            "ratio_together_to_fast",
                         )
                     ),
                 ]

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 from eventsourcing.persistence import Notification, StoredEvent
 
+from domain.commands import OpenAccount
+from domain.context import RequestContext
 from domain.ledger import Ledger
 from projections.base import (
     Follower,
@@ -201,3 +203,32 @@ def test_rebuilt_views_are_byte_identical_to_the_incremental_ones_on_a_demo_hist
     finally:
         for db in dbs.values():
             db.close()
+
+
+AWKWARD = "agent\twith\ttabs\nnew lines \\ back\\slashes 'single' \"double\" \\N é 😀"
+
+
+def test_awkward_text_reads_back_the_same_whether_inserted_or_copied(
+    ledger: Ledger, settings: Settings
+) -> None:
+    # given events whose user agent and names hold tabs, newlines, backslashes, quotes
+    for k in range(3):
+        ctx = RequestContext(source_ip="2001:db8::7", user_agent=f"{AWKWARD} {k}")
+        ledger.open_account(OpenAccount(name=f"awkward-{k}", display_name=AWKWARD), ctx)
+    db = open_view_db(settings, "timeline")
+    try:
+        # when the timeline follows them one at a time (one-row batches are INSERTed)
+        follower = Follower(ledger, TimelineView(), db, batch_size=1)
+        follower.catch_up()
+        one_by_one = dump(db, VIEW_TABLES["timeline"])
+        # and is rebuilt (a batch of several rows: PostgreSQL COPYs it)
+        follower.rebuild()
+        # then the rows are the same, and the text is as it was given
+        assert dump(db, VIEW_TABLES["timeline"]) == one_by_one
+        with db.reading() as tx:
+            agents = [
+                r[0] for r in tx.query_all("SELECT user_agent FROM timeline ORDER BY position")
+            ]
+        assert agents == [f"{AWKWARD} {k}" for k in range(3)]
+    finally:
+        db.close()

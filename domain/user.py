@@ -87,13 +87,19 @@ class ResetStatus:
     def after(self, event: Any) -> ResetStatus:
         """The status once ``event`` (a reset required or completed) is applied."""
         if isinstance(event, User.PasswordResetRequired):
-            campaigns = self.campaigns
-            if event.campaign_id is not None and event.campaign_id not in campaigns:
-                campaigns = (*campaigns, event.campaign_id)
-            return ResetStatus(True, event.campaign_id, campaigns)
+            return self.after_reset(True, event.campaign_id)
         if isinstance(event, User.PasswordResetCompleted):
-            return ResetStatus(False, None, self.campaigns)
+            return self.after_reset(False, None)
         return self
+
+    def after_reset(self, required: bool, campaign_id: str | None) -> ResetStatus:
+        """The status once a reset is required (by ``campaign_id``) or completed."""
+        if not required:
+            return ResetStatus(False, None, self.campaigns)
+        campaigns = self.campaigns
+        if campaign_id is not None and campaign_id not in campaigns:
+            campaigns = (*campaigns, campaign_id)
+        return ResetStatus(True, campaign_id, campaigns)
 
 
 def totp_aad(user_id: uuid.UUID, factor_id: str) -> bytes:

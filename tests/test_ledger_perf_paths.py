@@ -19,13 +19,14 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from eventsourcing.cryptography import AESCipher
 
 from domain import commands as c
 from domain.context import Actor, ActorKind, RequestContext, Stamp, SteppedClock
 from domain.errors import UserDisabledError
 from domain.ledger import Ledger
 from domain.user import DISABLED_AFTER, User
-from secstate.bootstrap import build_ledger
+from secstate.bootstrap import build_hasher, build_ledger, ledger_env, load_keyring
 from secstate.settings import Settings
 
 PASSWORD = "Tr0ub4dor&3-horse"
@@ -294,6 +295,44 @@ def test_campaign_reads_the_statuses_a_scan_of_notifications_reads(
     assert not everyone[ids[1]][1].required
     assert everyone[ids[2]][1].required
     assert everyone[ids[2]][1].campaign_id is None
+
+
+@pytest.fixture
+def ciphered(settings: Settings, clock: SteppedClock) -> Iterator[Ledger]:
+    """A Ledger that encrypts stored state: no plain JSON to read, no shared states."""
+    env = {
+        **ledger_env(settings),
+        "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
+        "CIPHER_KEY": AESCipher.create_key(16),
+    }
+    app = Ledger(env, keyring=load_keyring(settings), hasher=build_hasher(settings), clock=clock)
+    yield app
+    app.close()
+
+
+def test_campaign_on_an_encrypted_store_marks_once_and_reads_like_the_scan(
+    ciphered: Ledger, ctx: RequestContext
+) -> None:
+    # given users in an encrypted store, one of them reset by hand
+    ledger = ciphered
+    ledger.bulk_batch_size = 2
+    open_account(ledger, ctx, "acme")
+    for username in ("a1", "a2", "a3"):
+        register(ledger, ctx, username, "acme")
+    ledger.require_password_reset(
+        c.parse_command(c.RequirePasswordReset, username="a2", reason="x", campaign_id="hand"),
+        ctx,
+    )
+    # when a campaign runs twice
+    assert campaign(ledger, ctx, "camp-e", everyone=True) == 3
+    assert campaign(ledger, ctx, "camp-e", everyone=True) == 0
+    # then each row is encrypted on its own, and the statuses are the scan's
+    rows = ledger.recorder.select_notifications(start=1, limit=100)
+    states = [r.state for r in rows if r.topic == User.PasswordResetRequired.TOPIC]
+    assert len(states) == len(set(states)) == 4
+    fast = ledger._reset_statuses(None)
+    assert list(fast.items()) == list(ledger._reset_statuses_by_notifications(None).items())
+    assert fast[User.create_id("a2")][1].campaigns == ("hand", "camp-e")
 
 
 def test_recorded_events_read_back_equal_whether_or_not_they_share_state_objects(

@@ -599,9 +599,11 @@ class Follower:
             tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
         self.view.build_started()
 
-    def _swap_in(self, position: int) -> None:
+    def _finish_shadow(self) -> None:
         with self.db.transaction() as tx:
             self.view.after_build(tx)
+
+    def _swap_in(self, position: int) -> None:
         secure_delete = None
         if self.db.dialect == "sqlite":
             # Dropping the old tables frees every page they held, and secure_delete (on in
@@ -637,10 +639,19 @@ class Follower:
 REBUILD_BATCHES_PER_COMMIT = 5
 
 
+class StopFlag(Protocol):
+    """A ``threading.Event`` or ``multiprocessing.Event``: only asked whether it is set."""
+
+    def is_set(self) -> bool: ...
+
+
 def rebuild_together(
     followers: Sequence[Follower],
     progress: ProgressFn | None = None,
-    stopping: threading.Event | None = None,
+    stopping: StopFlag | None = None,
+    *,
+    stop_at: int | None = None,
+    before_swap: Callable[[int], bool] | None = None,
 ) -> int:
     """Rebuild several views of one ledger from a single scan of the log.
 
@@ -648,8 +659,14 @@ def rebuild_together(
     is read straight from the ledger's table and decoded once (``projections.fastlog``:
     the same events as the ledger's mapper makes, cheaper), then applied to every view's
     shadow tables (each view in its own transaction, with its own shadow position).
-    When all reach the head, each is swapped in. A failure leaves every live view
-    untouched. Returns the position swapped in, or -1 if ``stopping`` was set first.
+    When all reach the head (and their indexes are built), each is swapped in. A failure
+    leaves every live view untouched. Returns the position swapped in, or -1 if
+    ``stopping`` was set first.
+
+    ``stop_at`` builds up to that position only (several processes rebuilding views of
+    one log stop at the same place); ``before_swap(position)``, called once the shadows
+    are complete, swaps them in only if it returns True (else -1, nothing swapped): a
+    caller can wait there until other processes' shadows are complete too.
     """
     from projections.fastlog import EventDecoder, LogReader  # it imports this module
 
@@ -668,7 +685,9 @@ def rebuild_together(
         for follower in followers:
             follower._start_shadow()
         position = 0
-        for target in (first.head(), None):  # up to the head, then what arrived meanwhile
+        # Up to the head, then what arrived meanwhile (or exactly up to ``stop_at``).
+        targets = (first.head(), None) if stop_at is None else (stop_at,)
+        for target in targets:
             while (target is None or position < target) and not (stopping and stopping.is_set()):
                 rows = reader.read(position + 1, batch_size, target)
                 if not rows:
@@ -690,6 +709,10 @@ def rebuild_together(
                 if progress and target is not None:
                     progress(position, target)
         if stopping and stopping.is_set():
+            return -1
+        for follower in followers:
+            follower._finish_shadow()
+        if before_swap is not None and not before_swap(position):
             return -1
         for follower in followers:
             follower._swap_in(position)

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import StoredEvent
+from test_fastlog import DEMO, VIEW_TABLES, dump
 from test_followers import DENIED, FragileView, PositionsView, all_positions, seen, write_events
 
 from domain.context import RequestContext
 from domain.ledger import Ledger
 from projections.registry import VIEWS
-from secstate.bootstrap import open_view_db
+from secstate.bootstrap import build_ledger, open_view_db
 from secstate.cli import run
+from secstate.demo import run_demo
 from secstate.locks import exclusive
 from secstate.settings import Settings
 
@@ -203,3 +207,75 @@ def test_failed_rebuild_exits_1_and_leaves_the_live_view_untouched(
         assert seen(db, "fragile_seen") == before
     finally:
         db.close()
+
+
+def _demo_views(settings: Settings) -> dict[str, dict[str, list[str]]]:
+    """Every row of the real views' tables, sorted."""
+    dumps = {}
+    for name, tables in VIEW_TABLES.items():
+        db = open_view_db(settings, name)
+        try:
+            dumps[name] = dump(db, tables)
+        finally:
+            db.close()
+    return dumps
+
+
+def test_parallel_rebuild_of_the_real_views_yields_the_rows_of_one_shared_scan(
+    cli: Cli, settings: Settings
+) -> None:
+    # given a demo history, its views rebuilt from one shared scan (--jobs 1)
+    run_demo(settings, DEMO)
+    shared = cli("project", "rebuild", "state", "timeline", "--jobs", "1", "--json")
+    assert shared.code == 0, shared.err
+    expected = _demo_views(settings)
+    # when they are rebuilt again, each view in its own process
+    parallel = cli("project", "rebuild", "state", "timeline", "--jobs", "2", "--json")
+    # then both reach the same position, with one progress bar each and per-view figures
+    assert parallel.code == 0, parallel.err
+    figures = parallel.json()
+    assert figures["position"] == shared.json()["position"] > 0
+    assert figures["views"] == ["state", "timeline"]
+    assert figures["jobs"] == 2
+    assert set(figures["per_view"]) == {"state", "timeline"}
+    assert "rebuild state " in parallel.err
+    assert "rebuild timeline " in parallel.err
+    # and every row of every table is the same
+    assert _demo_views(settings) == expected
+    status = cli("project", "status", "state", "timeline", "--json").json()
+    assert [v["position"] for v in status["views"]] == [figures["position"]] * 2
+
+
+def test_failed_parallel_rebuild_exits_1_and_leaves_every_live_view_untouched(
+    cli: Cli, settings: Settings
+) -> None:
+    # given the real views caught up with a demo history, then an event of a foreign
+    # topic stored in the log (every rebuild process refuses it)
+    run_demo(settings, DEMO)
+    assert cli("project", "run", "state", "timeline", "--once").code == 0
+    before = _demo_views(settings)
+    ledger = build_ledger(settings)
+    try:
+        ledger.recorder.insert_events([StoredEvent(uuid.uuid4(), 1, "builtins:dict", b"{}")])
+        head = int(ledger.recorder.max_notification_id() or 0)
+    finally:
+        ledger.close()
+    # when both are rebuilt in parallel processes
+    result = cli("project", "rebuild", "state", "timeline", "--jobs", "2")
+    # then the rebuild fails with one line naming the view, the position and the type
+    assert result.code == 1
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.err
+    assert re.match(r"error: projection '(state|timeline)' stopped at position", errors[0])
+    assert f"position {head} (builtins:dict)" in errors[0]
+    assert errors[0].endswith("the live views are unchanged")
+    # and readers still see the old rows of both views
+    assert _demo_views(settings) == before
+
+
+def test_rebuild_refuses_zero_jobs(cli: Cli) -> None:
+    # when a rebuild is asked for with no process at all
+    result = cli("project", "rebuild", "state", "timeline", "--jobs", "0")
+    # then it is refused as a usage error naming the option, before any work
+    assert result.code == 2
+    assert "--jobs" in result.err

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import queue
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Annotated, Any
@@ -26,12 +30,14 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from projections.base import Follower, ProjectionFailedError, View, rebuild_together
+from domain.ledger import Ledger
+from projections.base import Follower, ProjectionFailedError, View, ViewDB, rebuild_together
 from projections.registry import check_names, make_view, view_names
 from projections.runner import Runner, RunReport, ViewStatus, view_status
-from secstate.bootstrap import open_view_db
+from secstate.bootstrap import build_ledger, open_view_db
 from secstate.cli.common import STATE, JsonOption, err_console, print_json, print_table, say
 from secstate.locks import exclusive
+from secstate.settings import Settings
 
 project_app = typer.Typer(
     help="Keep the read views (state, timeline) up to date with the ledger.",
@@ -259,21 +265,34 @@ def project_status(
 def project_rebuild(
     names: Annotated[
         list[str],
-        typer.Argument(
-            help="Views to rebuild, from one shared scan of the log: " + ", ".join(view_names())
-        ),
+        typer.Argument(help="Views to rebuild: " + ", ".join(view_names())),
     ],
     batch_size: BatchSizeOption = 2000,
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Processes rebuilding at once (default: one a view, at most one a CPU); "
+            "1 rebuilds every view from one shared scan of the log.",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Rebuild views from the start beside the live ones, then swap them in atomically.
 
-    Several views are rebuilt from one read of the log. Readers keep seeing the old
-    views until the swap. A failure leaves them untouched.
+    Several views are rebuilt in parallel processes (--jobs), or from one read of the
+    log with --jobs 1. Readers keep seeing the old views until the swap, which happens
+    only once every view is built. A failure leaves them untouched.
     """
     views = {name: make_view(name) for name in dict.fromkeys(names)}
+    processes = min(len(views), jobs if jobs is not None else (os.cpu_count() or 1))
     with exclusive(STATE.settings, [f"rebuild-{name}" for name in views]):
-        _rebuild(views, batch_size, json_out)
+        if processes > 1:
+            _rebuild_parallel(list(views), processes, batch_size, json_out)
+        else:
+            _rebuild(views, batch_size, json_out)
 
 
 def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
@@ -306,18 +325,216 @@ def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
         err_console.print("rebuild interrupted; the live views are unchanged")
         raise typer.Exit(EXIT_INTERRUPTED)
     seconds = time.monotonic() - started
+    _report_rebuild(list(views), 1, position, seconds, dict.fromkeys(views, seconds), json_out)
+
+
+def _report_rebuild(
+    names: list[str],
+    jobs: int,
+    position: int,
+    seconds: float,
+    built: dict[str, float],
+    json_out: bool,
+) -> None:
+    """``built``: each view's seconds from the start of its build to its swap."""
+    label = ", ".join(names)
     if json_out:
         print_json(
             {
-                "views": list(views),
+                "views": names,
                 "view": label,
                 "position": position,
                 "seconds": round(seconds, 3),
                 "events_per_second": round(position / seconds, 1) if seconds else None,
+                "jobs": jobs,
+                "per_view": {
+                    name: {
+                        "seconds": round(built[name], 3),
+                        "events_per_second": round(position / built[name], 1)
+                        if built[name]
+                        else None,
+                    }
+                    for name in names
+                },
             }
         )
     else:
         say(f"rebuilt {label} up to position {position} in {seconds:.1f}s; swapped in")
+
+
+# --- rebuild in parallel processes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _RebuildJob:
+    """What one child process rebuilds (it opens its own ledger and view databases)."""
+
+    index: int
+    names: tuple[str, ...]
+    settings: Settings
+    batch_size: int
+    stop_at: int
+    parent_pid: int
+
+
+class _ChildStop:
+    """Set when the parent says abort, this child got SIGTERM, or the parent is gone."""
+
+    def __init__(self, abort: Any, parent_pid: int) -> None:
+        self.abort = abort
+        self.parent_pid = parent_pid
+        self.terminated = threading.Event()
+
+    def is_set(self) -> bool:
+        return self.abort.is_set() or self.terminated.is_set() or os.getppid() != self.parent_pid
+
+
+def _rebuild_child(job: _RebuildJob, opening: Any, messages: Any, go: Any, abort: Any) -> None:
+    """A child's whole rebuild: build the shadows up to ``job.stop_at``, say "ready", and
+    swap them in only once the parent sets ``go`` (never if it sets ``abort``).
+
+    Every outcome goes back through ``messages`` as one final tuple: ("done", position
+    or -1 if not swapped, build seconds), ("failed", message) or ("crashed", message).
+    """
+    # Ctrl-C reaches the whole process group: the parent alone decides what happens.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stop = _ChildStop(abort, job.parent_pid)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.terminated.set())
+    ledger: Ledger | None = None
+    dbs: list[ViewDB] = []
+    try:
+        # Two processes creating the same PostgreSQL tables at once can fail with "tuple
+        # concurrently updated": open one at a time.
+        with opening:
+            ledger = build_ledger(job.settings)
+            followers = []
+            for name in job.names:
+                dbs.append(open_view_db(job.settings, name))
+                followers.append(Follower(ledger, make_view(name), dbs[-1], job.batch_size))
+        started = time.monotonic()
+        built = 0.0
+
+        def progress(done: int, target: int) -> None:
+            messages.put(("progress", job.index, done))
+
+        def before_swap(position: int) -> bool:
+            nonlocal built
+            built = time.monotonic() - started
+            messages.put(("ready", job.index, position))
+            while not go.is_set() and not stop.is_set():
+                go.wait(0.2)
+            return bool(go.is_set())
+
+        position = rebuild_together(
+            followers, progress, stop, stop_at=job.stop_at, before_swap=before_swap
+        )
+        messages.put(("done", job.index, position, built))
+    except ProjectionFailedError as e:
+        messages.put(("failed", job.index, str(e)))
+    except BaseException as e:  # the parent reports it; this process only ends
+        messages.put(("crashed", job.index, f"{type(e).__name__}: {e}"))
+    finally:
+        for db in dbs:
+            db.close()
+        if ledger is not None:
+            ledger.close()
+
+
+def _rebuild_parallel(names: list[str], jobs: int, batch_size: int, json_out: bool) -> None:
+    """Each group of views rebuilt by its own process (its own scan and decode of the log,
+    its own GIL), all up to the same head, swapped in only once all are built."""
+    groups = [tuple(names[i::jobs]) for i in range(jobs)]
+    started = time.monotonic()
+    head = int(STATE.ledger.recorder.max_notification_id() or 0)
+    context = multiprocessing.get_context("spawn")  # no copy of this process's connections
+    opening, messages, go, abort = context.Lock(), context.Queue(), context.Event(), context.Event()
+    children = [
+        context.Process(
+            target=_rebuild_child,
+            args=(
+                _RebuildJob(i, group, STATE.settings, batch_size, head, os.getpid()),
+                opening,
+                messages,
+                go,
+                abort,
+            ),
+            name="secstate-rebuild-" + "-".join(group),
+            daemon=True,
+        )
+        for i, group in enumerate(groups)
+    ]
+    stopping = threading.Event()
+    ready: set[int] = set()
+    outcome: dict[int, tuple[Any, ...]] = {}
+    missing: dict[int, int] = {}
+    with _stop_on_signals(stopping.set), _progress() as bars:
+        tasks = [bars.add_task("rebuild " + ", ".join(group), total=head) for group in groups]
+        try:
+            for child in children:
+                child.start()
+            while len(outcome) < len(children):
+                if not go.is_set() and not abort.is_set():
+                    if stopping.is_set() or any(o[0] != "done" for o in outcome.values()):
+                        abort.set()
+                    elif len(ready) == len(children):
+                        go.set()
+                try:
+                    message = messages.get(timeout=0.2)
+                except queue.Empty:
+                    for i, child in enumerate(children):
+                        # Its last message may still be in the pipe: wait one more round.
+                        if i not in outcome and not child.is_alive():
+                            missing[i] = missing.get(i, 0) + 1
+                            if missing[i] > 2:
+                                outcome[i] = (
+                                    "crashed",
+                                    f"the rebuild process of {', '.join(groups[i])} ended "
+                                    f"unexpectedly (exit code {child.exitcode})",
+                                )
+                    continue
+                kind, i, *rest = message
+                if kind == "progress":
+                    bars.update(tasks[i], completed=rest[0])
+                elif kind == "ready":
+                    ready.add(i)
+                    bars.update(tasks[i], completed=rest[0])
+                else:
+                    outcome[i] = (kind, *rest)
+        finally:
+            if not go.is_set():
+                abort.set()
+            for child in children:
+                child.join(timeout=60)
+                if child.is_alive():
+                    child.terminate()
+                    child.join()
+    _report_parallel(groups, outcome, stopping.is_set(), time.monotonic() - started, json_out)
+
+
+def _report_parallel(
+    groups: list[tuple[str, ...]],
+    outcome: dict[int, tuple[Any, ...]],
+    interrupted: bool,
+    seconds: float,
+    json_out: bool,
+) -> None:
+    swapped = [i for i, o in outcome.items() if o[0] == "done" and o[1] >= 0]
+    errors = [str(o[1]) for o in outcome.values() if o[0] != "done"]
+    if errors:
+        if swapped:  # one process failed while swapping in, after all were built
+            done = ", ".join(n for i in sorted(swapped) for n in groups[i])
+            tail = f"{done} swapped in, the other live views are unchanged"
+        else:
+            tail = "the live views are unchanged"
+        err_console.print(f"error: {errors[0]}; {tail}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_FAILED)
+    if len(swapped) < len(groups):
+        err_console.print("rebuild interrupted; the live views are unchanged")
+        raise typer.Exit(EXIT_INTERRUPTED if interrupted else EXIT_FAILED)
+    position = int(outcome[0][1])
+    built = {name: float(outcome[i][2]) for i, group in enumerate(groups) for name in group}
+    names = [name for group in groups for name in group]
+    _report_rebuild(names, len(groups), position, seconds, built, json_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
     python -m benchmarks.bench_projections [--backend sqlite|postgres|all] [--accounts N]
         [--seed S] [--store-dir DIR] [--regenerate] [--pg-load copy|demo] [--repeat R]
         [--batch-size B] [--queries Q] [--at-queries A] [--only rebuild|queries|at]
+        [--cases bare,fast,sequential,threads,processes,together,cli]
         [--profile] [--prepare-only] [--demo-rate N]
 
 The store: ``secstate demo`` (``secstate.demo.run_demo``) with N customer accounts, plus
@@ -19,7 +20,9 @@ the demo into PostgreSQL instead. ``--demo-rate N`` only times the demo generato
     process): ``Follower.rebuild`` of the state and the timeline views one after the
     other; both in two threads at once (as the runner follows them); both in two
     processes (two ``secstate project rebuild`` side by side); both from one shared scan
-    (``rebuild_together``, what ``secstate project rebuild state timeline`` runs); next
+    (``rebuild_together``, what ``secstate project rebuild state timeline --jobs 1``
+    runs); the command itself with its default ``--jobs`` (``cli``: one process a view,
+    swapped in together; a subprocess, timed by its own JSON "seconds"); next
     to a bare scan and decode of the same log in the same round
     (``recorder.select_notifications`` in batches of the follower's size +
     ``mapper.to_domain_event``) and to the rebuild's own read and decode
@@ -45,9 +48,11 @@ import multiprocessing
 import os
 import queue
 import random
+import resource
 import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -627,6 +632,38 @@ def rebuild_both_together(settings: Settings, ledger: Ledger, batch_size: int) -
             follower.db.close()
 
 
+def rebuild_cli(settings: Settings, batch_size: int) -> Spent:
+    """``secstate project rebuild state timeline`` as run by hand: its default ``--jobs``
+    (one process a view on this machine's CPUs, each with its own scan of the log, all
+    swapped in once both are built). Wall: the command's own "seconds" (from taking the
+    lock to the last swap, child processes started included, the interpreter's start
+    not); CPU: the command and its children, interpreter starts included."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECSTATE_")}
+    env["SECSTATE_HOME"] = str(settings.home)
+    if settings.database_url is not None:
+        env["SECSTATE_DATABASE_URL"] = settings.database_url.get_secret_value()
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from secstate.cli import run; sys.exit(run(sys.argv[1:]))",
+        "project",
+        "rebuild",
+        *VIEWS,
+        "--json",
+        "--batch-size",
+        str(batch_size),
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"secstate project rebuild failed ({done.returncode}): {done.stderr}")
+    figures = json.loads(done.stdout)
+    log(f"cli: jobs {figures['jobs']}, per view {figures['per_view']}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return Spent(float(figures["seconds"]), cpu)
+
+
 REBUILD_CASES = (
     "bare",
     "fast",
@@ -636,11 +673,17 @@ REBUILD_CASES = (
     "threads",
     "processes",
     "together",
+    "cli",
 )
 
 
 def bench_rebuild(
-    settings: Settings, ledger: Ledger, repeat: int, batch_size: int, profile: Path | None
+    settings: Settings,
+    ledger: Ledger,
+    repeat: int,
+    batch_size: int,
+    profile: Path | None,
+    only_cases: Sequence[str] = REBUILD_CASES,
 ) -> dict[str, Any]:
     """Events/s by the wall clock and per CPU second, per case and round."""
     wall: dict[str, list[float]] = {name: [] for name in REBUILD_CASES}
@@ -678,29 +721,36 @@ def bench_rebuild(
     def run_together() -> None:
         record("together", head, rebuild_both_together(settings, ledger, batch_size))
 
+    def run_cli() -> None:
+        record("cli", head, rebuild_cli(settings, batch_size))
+
     head = int(ledger.recorder.max_notification_id() or 0)
-    cases: list[Callable[[], None]] = [
-        run_bare,
-        run_fast,
-        run_sequential,
-        run_threads,
-        run_processes,
-        run_together,
-    ]
+    runners: dict[str, Callable[[], None]] = {
+        "bare": run_bare,
+        "fast": run_fast,
+        "sequential": run_sequential,  # also records "state" and "timeline"
+        "threads": run_threads,
+        "processes": run_processes,
+        "together": run_together,
+        "cli": run_cli,
+    }
+    cases = [run for name, run in runners.items() if name in only_cases]
     for round_no in range(repeat):
         log(f"rebuild round {round_no + 1}/{repeat}")
         for k in range(len(cases)):
             cases[(round_no + k) % len(cases)]()
     result: dict[str, Any] = {"events": events, "head": head, "batch_size": batch_size}
     for clock, samples in (("wall", wall), ("cpu", cpu)):
-        result[clock] = {name: Summary.of(values).as_dict() for name, values in samples.items()}
-        for case in ("sequential", "threads", "processes", "together"):
-            result[clock][f"ratio_{case}_to_bare"] = Summary.of(
-                paired_ratios(samples[case], samples["bare"])
-            ).as_dict()
-        result[clock]["ratio_together_to_fast"] = Summary.of(
-            paired_ratios(samples["together"], samples["fast"])
-        ).as_dict()
+        result[clock] = {
+            name: Summary.of(values).as_dict() for name, values in samples.items() if values
+        }
+        pairs = [(case, "bare") for case in ("sequential", "threads", "processes", "together")]
+        pairs += [("together", "fast"), ("cli", "together")]
+        for top, bottom in pairs:
+            if samples[top] and samples[bottom]:
+                result[clock][f"ratio_{top}_to_{bottom}"] = Summary.of(
+                    paired_ratios(samples[top], samples[bottom])
+                ).as_dict()
     if profile is not None:
         for name in VIEWS:
             log(f"profiling one rebuild of {name}")
@@ -884,7 +934,7 @@ def run_backend(
     try:
         if "rebuild" in args.only:
             entry["rebuild"] = bench_rebuild(
-                settings, ledger, args.repeat, args.batch_size, profile
+                settings, ledger, args.repeat, args.batch_size, profile, args.cases
             )
         else:
             ensure_views(settings, ledger, args.batch_size)
@@ -953,11 +1003,13 @@ def report(results: dict[str, Any]) -> None:
                 "both, two threads",
                 "both, two processes",
                 "both, one shared scan (rebuild_together)",
+                "both, CLI (project rebuild, default --jobs)",
                 "ratio seq/bare",
                 "ratio threads/bare",
                 "ratio processes/bare",
                 "ratio together/bare",
                 "ratio together/fast",
+                "ratio cli/together",
             ],
             [
                 [
@@ -965,16 +1017,21 @@ def report(results: dict[str, Any]) -> None:
                     *(
                         f"{fmt_num(r['wall'][case]['median'])} / "
                         f"{fmt_num(r['cpu'][case]['median'])}"
+                        if case in r["wall"]
+                        else "-"
                         for case in REBUILD_CASES
                     ),
                     *(
                         f"{r['wall'][key]['median']:.2f} / {r['cpu'][key]['median']:.2f}"
+                        if key in r["wall"]
+                        else "-"
                         for key in (
                             "ratio_sequential_to_bare",
                             "ratio_threads_to_bare",
                             "ratio_processes_to_bare",
                             "ratio_together_to_bare",
                             "ratio_together_to_fast",
+                            "ratio_cli_to_together",
                         )
                     ),
                 ]
@@ -1048,6 +1105,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part")
     parser.add_argument(
+        "--cases",
+        default=",".join(c for c in REBUILD_CASES if c not in ("state", "timeline")),
+        help="(a): comma-separated rebuild cases to run (default all): bare, fast, "
+        "sequential (also state, timeline), threads, processes, together, cli",
+    )
+    parser.add_argument(
         "--demo-rate",
         type=int,
         metavar="N",
@@ -1064,6 +1127,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     args.only = args.only or list(PARTS)
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(
+        set(args.cases) - set(REBUILD_CASES) | ({"state", "timeline"} & set(args.cases))
+    )
+    if unknown or not args.cases:
+        parser.error(f"--cases: unknown {', '.join(unknown) or '(none given)'}")
     return args
 
 

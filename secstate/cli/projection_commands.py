@@ -287,12 +287,19 @@ def project_rebuild(
     only once every view is built. A failure leaves them untouched.
     """
     views = {name: make_view(name) for name in dict.fromkeys(names)}
-    processes = min(len(views), jobs if jobs is not None else (os.cpu_count() or 1))
+    processes = min(len(views), jobs if jobs is not None else _usable_cpus())
     with exclusive(STATE.settings, [f"rebuild-{name}" for name in views]):
         if processes > 1:
             _rebuild_parallel(list(views), processes, batch_size, json_out)
         else:
             _rebuild(views, batch_size, json_out)
+
+
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, not the host's)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:

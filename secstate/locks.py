@@ -9,6 +9,7 @@ by SIGKILL, so a crashed job never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Iterator, Sequence
@@ -42,17 +43,27 @@ def _file_lock(settings: Settings, job: str) -> Iterator[None]:
 
 @contextmanager
 def _advisory_lock(settings: Settings, job: str) -> Iterator[None]:
+    import psycopg
+
     schema = settings.postgres_params().get("POSTGRES_SCHEMA") or "public"
+    key = f"secstate:{schema}:{job}"
     with postgres_connection(settings) as conn:
         row = conn.execute(
-            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (f"secstate:{schema}:{job}",)
+            "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
         ).fetchone()
         if not row or not row[0]:
             raise JobAlreadyRunningError(
                 f"another process is already running {job!r} on this database schema; "
                 "wait for it to finish"
             )
-        yield  # closing the connection releases the lock
+        try:
+            yield
+        finally:
+            # Unlock explicitly: the server frees a closed session's locks only once its
+            # backend has exited, a moment after the client has gone on. A broken
+            # connection has lost the lock anyway.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 
 @contextmanager

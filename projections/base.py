@@ -637,6 +637,29 @@ class Follower:
 # transactions rewrite fewer pages (a record updated twice is written once) and commit
 # less often (~8% faster at 2,000 a batch). Nobody reads a shadow table meanwhile.
 REBUILD_BATCHES_PER_COMMIT = 5
+# While a rebuild writes a SQLite shadow, checkpoint its WAL every this many pages, not
+# SQLite's 1,000: pages written again and again (the B-trees' right edges) are copied
+# back to the database less often (~7% faster a timeline). The WAL is cut back to
+# REBUILD_WAL_KEEP_BYTES after each checkpoint.
+REBUILD_WAL_CHECKPOINT_PAGES = 100_000
+REBUILD_WAL_KEEP_BYTES = 64 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def _bulk_writing(db: ViewDB) -> Iterator[None]:
+    """SQLite: rarer WAL checkpoints for the duration (the connection's own settings)."""
+    if db.dialect != "sqlite":
+        yield
+        return
+    pages = db.execute_outside_transaction("PRAGMA wal_autocheckpoint")[0]
+    limit = db.execute_outside_transaction("PRAGMA journal_size_limit")[0]
+    db.execute_outside_transaction(f"PRAGMA wal_autocheckpoint = {REBUILD_WAL_CHECKPOINT_PAGES}")
+    db.execute_outside_transaction(f"PRAGMA journal_size_limit = {REBUILD_WAL_KEEP_BYTES}")
+    try:
+        yield
+    finally:
+        db.execute_outside_transaction(f"PRAGMA wal_autocheckpoint = {int(pages)}")
+        db.execute_outside_transaction(f"PRAGMA journal_size_limit = {int(limit)}")
 
 
 class StopFlag(Protocol):
@@ -681,7 +704,10 @@ def rebuild_together(
     # (a quarter of the time). Reference counting frees them all the same.
     collecting = gc.isenabled()
     gc.disable()
+    pragmas = contextlib.ExitStack()
     try:
+        for follower in followers:
+            pragmas.enter_context(_bulk_writing(follower.db))
         for follower in followers:
             follower._start_shadow()
         position = 0
@@ -723,6 +749,7 @@ def rebuild_together(
         for follower in followers:
             follower.view.build_ended()
             follower.view.suffix = ""
+        pragmas.close()
 
 
 def read_last_error(db: ViewDB, view_name: str) -> ViewError | None:

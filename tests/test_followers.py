@@ -486,3 +486,30 @@ def dump(db: ViewDB, tables: Sequence[str]) -> dict[str, list[str]]:
             t: sorted(repr(tuple(r)) for r in tx.query_all(f"SELECT * FROM {t}"))  # noqa: S608
             for t in tables
         }
+
+
+def test_rebuild_leaves_the_connection_settings_it_changed_as_they_were(
+    ledger: Ledger, ctx: RequestContext, settings: Settings
+) -> None:
+    # given a timeline view's connection with its own settings
+    from projections.timeline import TimelineView
+
+    write_events(ledger, ctx, accounts=2, per_account=10)
+    db = open_view_db(settings, "timeline")
+    pragmas = ("wal_autocheckpoint", "journal_size_limit", "threads")
+    try:
+        if db.dialect == "sqlite":
+            db.execute_outside_transaction("PRAGMA wal_autocheckpoint = 500")
+        before = (
+            [db.execute_outside_transaction(f"PRAGMA {p}")[0] for p in pragmas]
+            if db.dialect == "sqlite"
+            else []
+        )
+        # when it is rebuilt (indexes and all)
+        position = rebuild_together([Follower(ledger, TimelineView(), db)])
+        # then it is at the head, and the connection's settings are back as they were
+        assert position == all_positions(ledger)[-1]
+        if db.dialect == "sqlite":
+            assert [db.execute_outside_transaction(f"PRAGMA {p}")[0] for p in pragmas] == before
+    finally:
+        db.close()

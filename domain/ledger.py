@@ -19,7 +19,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, LiteralString, TypeVar
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
 from eventsourcing.domain import Aggregate
@@ -367,25 +367,14 @@ class Ledger(Application[uuid.UUID]):
             postgres = _postgres_recorder_class()
             if postgres is None or not isinstance(self.recorder, postgres):
                 return None
-            from psycopg.rows import tuple_row
-            from psycopg.sql import SQL, Identifier
-
-            query = SQL(
-                "SELECT 0, originator_version, topic, NULL::bytea FROM {0} "
+            rows = _postgres_rows(
+                recorder,
+                "SELECT 0, originator_version, topic, NULL::bytea FROM {events} "
                 "WHERE originator_id = %s AND originator_version > %s UNION ALL "
-                "SELECT 1, originator_version, topic, state FROM {0} "
-                "WHERE originator_id = %s ORDER BY 1, 2"
-            ).format(
-                SQL("{}.{}").format(
-                    Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
-                )
+                "SELECT 1, originator_version, topic, state FROM {events} "
+                "WHERE originator_id = %s ORDER BY 1, 2",
+                [user_id, after, aggregate_id],
             )
-            with (
-                recorder.datastore.get_connection() as conn,
-                conn.cursor(row_factory=tuple_row) as cursor,
-            ):
-                cursor.execute(query, [user_id, after, aggregate_id], prepare=True)
-                rows = cursor.fetchall()
         newer = [(version, topic) for part, version, topic, _ in rows if part == 0]
         events = [(version, topic, bytes(state)) for part, version, topic, state in rows if part]
         return newer, events
@@ -651,21 +640,13 @@ class Ledger(Application[uuid.UUID]):
                 return rows
         postgres = _postgres_recorder_class()
         if postgres is not None and isinstance(self.recorder, postgres):
-            from psycopg.rows import tuple_row
-            from psycopg.sql import SQL, Identifier
-
-            query = SQL(
+            return _postgres_rows(
+                recorder,
                 "SELECT originator_id::text, originator_version, topic, "
-                "CASE WHEN topic = ANY(%s) THEN state END FROM {}.{} "
-                "WHERE topic = ANY(%s) ORDER BY notification_id"
-            ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-            with (
-                recorder.datastore.get_connection() as conn,
-                conn.cursor(row_factory=tuple_row) as cursor,
-            ):
-                cursor.execute(query, [resets, topics])
-                pg_rows: Sequence[Any] = cursor.fetchall()
-                return pg_rows
+                "CASE WHEN topic = ANY(%s) THEN state END FROM {events} "
+                "WHERE topic = ANY(%s) ORDER BY notification_id",
+                [resets, topics],
+            )
         return None
 
     def _reset_reader(self) -> Callable[[str, bytes], tuple[bool, str | None]]:
@@ -998,6 +979,26 @@ def _postgres_recorder_class() -> type | None:
     except ImportError:  # psycopg not installed: no PostgreSQL store either
         return None
     return PostgresApplicationRecorder
+
+
+def _postgres_rows(
+    recorder: Any, query: LiteralString, params: Sequence[Any]
+) -> list[tuple[Any, ...]]:
+    """``query`` on a PostgreSQL recorder's pool, ``{events}`` standing for its events
+    table (schema-qualified); the rows as tuples."""
+    from psycopg.rows import tuple_row
+    from psycopg.sql import SQL, Identifier
+
+    events = SQL("{}.{}").format(
+        Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
+    )
+    with (
+        recorder.datastore.get_connection() as conn,
+        conn.cursor(row_factory=tuple_row) as cursor,
+    ):
+        cursor.execute(SQL(query).format(events=events), params, prepare=True)
+        rows: list[tuple[Any, ...]] = cursor.fetchall()
+        return rows
 
 
 def _user_topics() -> list[str]:

@@ -604,28 +604,20 @@ class Follower:
             self.view.after_build(tx)
 
     def _swap_in(self, position: int) -> None:
-        secure_delete = None
-        if self.db.dialect == "sqlite":
-            # Dropping the old tables frees every page they held, and secure_delete (on in
-            # Debian's SQLite) writes zeros over each one first: ~3 us a row, as long as
-            # the whole index build. FAST still clears what it rewrites anyway; the old
-            # rows hold nothing the new ones (and the ledger) do not.
-            secure_delete = self.db.execute_outside_transaction("PRAGMA secure_delete")[0]
-            self.db.execute_outside_transaction("PRAGMA secure_delete = FAST")
-        try:
-            with self.db.transaction() as tx:
-                # Lock the live position first: a follower mid-batch finishes before the
-                # swap, and one arriving after it sees the new position and re-reads.
-                self._lock_position(tx, self.view.name)
-                for table in self.view.tables:
-                    tx.execute(f"DROP TABLE IF EXISTS {table}")
-                    tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
-                tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
-                tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.view.name,))
-                self._save_position(tx, self.view.name, position)
-        finally:
-            if secure_delete is not None:
-                self.db.execute_outside_transaction(f"PRAGMA secure_delete = {int(secure_delete)}")
+        # Dropping the old tables frees every page they held, and secure_delete (on in
+        # Debian's SQLite) writes zeros over each one first: ~3 us a row, as long as the
+        # whole index build. FAST still clears what it rewrites anyway; the old rows hold
+        # nothing the new ones (and the ledger) do not.
+        with sqlite_pragmas(self.db, secure_delete="FAST"), self.db.transaction() as tx:
+            # Lock the live position first: a follower mid-batch finishes before the
+            # swap, and one arriving after it sees the new position and re-reads.
+            self._lock_position(tx, self.view.name)
+            for table in self.view.tables:
+                tx.execute(f"DROP TABLE IF EXISTS {table}")
+                tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
+            tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
+            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.view.name,))
+            self._save_position(tx, self.view.name, position)
         if self.db.dialect == "postgres":
             # Fresh tables have neither planner statistics nor a visibility map until
             # autovacuum comes by; good plans and index-only scans need both.
@@ -646,20 +638,21 @@ REBUILD_WAL_KEEP_BYTES = 64 * 1024 * 1024
 
 
 @contextlib.contextmanager
-def _bulk_writing(db: ViewDB) -> Iterator[None]:
-    """SQLite: rarer WAL checkpoints for the duration (the connection's own settings)."""
-    if db.dialect != "sqlite":
+def sqlite_pragmas(where: ViewDB | Tx, **values: int | str) -> Iterator[None]:
+    """Set a SQLite connection's pragmas for the duration, then put back what they were
+    (nothing on PostgreSQL). ``where``: the view's database, or a transaction on it."""
+    if where.dialect != "sqlite":
         yield
         return
-    pages = db.execute_outside_transaction("PRAGMA wal_autocheckpoint")[0]
-    limit = db.execute_outside_transaction("PRAGMA journal_size_limit")[0]
-    db.execute_outside_transaction(f"PRAGMA wal_autocheckpoint = {REBUILD_WAL_CHECKPOINT_PAGES}")
-    db.execute_outside_transaction(f"PRAGMA journal_size_limit = {REBUILD_WAL_KEEP_BYTES}")
+    run = where.execute_outside_transaction if isinstance(where, ViewDB) else where.query_one
+    saved = {name: run(f"PRAGMA {name}")[0] for name in values}
     try:
+        for name, value in values.items():
+            run(f"PRAGMA {name} = {value}")
         yield
     finally:
-        db.execute_outside_transaction(f"PRAGMA wal_autocheckpoint = {int(pages)}")
-        db.execute_outside_transaction(f"PRAGMA journal_size_limit = {int(limit)}")
+        for name, value in saved.items():
+            run(f"PRAGMA {name} = {int(value)}")
 
 
 class StopFlag(Protocol):
@@ -707,7 +700,14 @@ def rebuild_together(
     pragmas = contextlib.ExitStack()
     try:
         for follower in followers:
-            pragmas.enter_context(_bulk_writing(follower.db))
+            # Rarer WAL checkpoints for the duration (the connection's own settings).
+            pragmas.enter_context(
+                sqlite_pragmas(
+                    follower.db,
+                    wal_autocheckpoint=REBUILD_WAL_CHECKPOINT_PAGES,
+                    journal_size_limit=REBUILD_WAL_KEEP_BYTES,
+                )
+            )
         for follower in followers:
             follower._start_shadow()
         position = 0

@@ -171,21 +171,20 @@ class EventDecoder:
     def _uuid_hex(self, data: Any) -> uuid.UUID:
         if type(data) is not str:
             raise TypeError("uuid_hex data must be a string")
-        found = self._ids.get(data)
-        if found is None:
-            if len(self._ids) >= _MAX_CACHED_IDS:
-                self._ids.clear()
-            found = self._ids[data] = _UUID(data)
-        return found
+        return self._uuid(data)
 
     def _originator_id(self, originator_id: Any) -> Any:
         if type(originator_id) is not str:
             return originator_id  # PostgreSQL's uuid column comes back as a UUID
-        found = self._ids.get(originator_id)
+        return self._uuid(originator_id)
+
+    def _uuid(self, text: str) -> uuid.UUID:
+        """Parsed once per distinct id: the same ids recur all through the log."""
+        found = self._ids.get(text)
         if found is None:
             if len(self._ids) >= _MAX_CACHED_IDS:
                 self._ids.clear()
-            found = self._ids[originator_id] = _UUID(originator_id)
+            found = self._ids[text] = _UUID(text)
         return found
 
     def decode(self, row: RawRow) -> Any:

@@ -23,7 +23,7 @@ from domain.account import Account
 from domain.errors import InvalidCommandError, UnknownAccountError, UnknownUserError
 from domain.ledger import Ledger
 from domain.user import User
-from domain.values import ENVELOPE_FIELDS, SECRET_EVENT_FIELDS, is_secret_field
+from domain.values import ENVELOPE_FIELDS, is_secret_field
 from projections.base import event_type_name
 from projections.pointintime import as_utc
 from projections.state import (
@@ -37,10 +37,6 @@ from projections.state import (
 )
 
 SubjectKind = Literal["account", "user"]
-
-# Event fields shown in their own columns, or library bookkeeping.
-_CONTEXT_FIELDS = ENVELOPE_FIELDS
-SECRET_FIELDS = SECRET_EVENT_FIELDS
 
 
 class UnknownSubjectError(UnknownAccountError, UnknownUserError):
@@ -224,7 +220,7 @@ def event_details(event: Any) -> dict[str, Any]:
     """The event's own fields, minus context columns and secrets; public keys as fingerprints."""
     details: dict[str, Any] = {}
     for key, value in vars(event).items():
-        if key in _CONTEXT_FIELDS or is_secret_field(key) or key.startswith("_"):
+        if key in ENVELOPE_FIELDS or is_secret_field(key) or key.startswith("_"):
             continue
         if key == "public_key" and isinstance(value, str):
             details["public_key_sha256"] = public_key_fingerprint(value)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from domain.values import ENVELOPE_FIELDS, SECRET_EVENT_FIELDS, is_secret_field
+from domain.values import ENVELOPE_FIELDS, is_secret_field
 from projections.base import (
     TRUSTED_TOPIC_PREFIX,
     Dialect,
@@ -37,6 +37,7 @@ from projections.base import (
     ViewDB,
     compact_json,
     event_type_name,
+    sqlite_pragmas,
 )
 from projections.summaries import Names, Summariser, summariser_for
 
@@ -47,9 +48,6 @@ IDS = "timeline_ids"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
 
-# Context fields are columns of their own; library bookkeeping is not a detail.
-_COLUMN_FIELDS = ENVELOPE_FIELDS
-SECRET_FIELDS = SECRET_EVENT_FIELDS
 # Public facts derived from a dropped secret field: how many, never what.
 _DERIVED: dict[str, tuple[str, Callable[[Any], Any]]] = {"code_hashes": ("code_count", len)}
 
@@ -109,7 +107,7 @@ def _spec_for(cls: type) -> _Spec:
     type_name = event_type_name_of(cls)
     family = type_name.partition(".")[0]
     names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-    keep = tuple(n for n in names if n not in _COLUMN_FIELDS and not is_secret_field(n))
+    keep = tuple(n for n in names if n not in ENVELOPE_FIELDS and not is_secret_field(n))
     derived = tuple((n, *_DERIVED[n]) for n in names if n in _DERIVED)
     values: Callable[[dict[str, Any]], tuple[Any, ...]]
     if not keep:
@@ -323,21 +321,15 @@ class TimelineView(View):
             # IMMEDIATE already is); readers are not blocked. Then look again.
             tx.execute(f"LOCK TABLE {self.t(TIMELINE)} IN SHARE ROW EXCLUSIVE MODE")
             missing = self.missing_indexes(tx)
-        sorter_threads = None
-        if missing and tx.dialect == "sqlite":
-            # SQLite's sorter may hand runs to helper threads (off by default): an
-            # index build over a million rows is mostly sorting, ~30% faster with two.
-            sorter_threads = tx.query_one("PRAGMA threads")[0]
-            tx.execute(f"PRAGMA threads = {INDEX_SORTER_THREADS}")
-        try:
-            for name in missing:
-                tx.execute(
-                    f"CREATE INDEX {self.i(name)} ON {self.t(TIMELINE)} {TIMELINE_INDEXES[name]}"
-                )
-        finally:
-            if sorter_threads is not None:
-                tx.execute(f"PRAGMA threads = {int(sorter_threads)}")
         if missing:
+            # SQLite's sorter may hand runs to helper threads (off by default): an index
+            # build over a million rows is mostly sorting, ~30% faster with two.
+            with sqlite_pragmas(tx, threads=INDEX_SORTER_THREADS):
+                for name in missing:
+                    tx.execute(
+                        f"CREATE INDEX {self.i(name)} ON {self.t(TIMELINE)} "
+                        f"{TIMELINE_INDEXES[name]}"
+                    )
             for name in self.obsolete_indexes(tx):
                 tx.execute(f"DROP INDEX {name}")
             self.analyze(tx)
@@ -576,11 +568,9 @@ class TimelineView(View):
 
 
 __all__ = [
-    "SECRET_FIELDS",
     "TimelineView",
     "event_type_name",
     "from_micros",
     "ip_to_bytes",
-    "is_secret_field",
     "to_micros",
 ]

@@ -29,9 +29,9 @@ from domain.context import RequestContext, SteppedClock
 from domain.errors import LoginRefusedError
 from domain.ledger import Ledger
 from domain.secrets import totp_code_at_step, totp_step
+from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
 from domain.values import Role
 from projections.base import Follower, ProjectionFailedError, ViewDB
-from projections.history import SECRET_FIELDS
 from projections.state import Document, StateView, state_from_aggregates
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.cli import run

@@ -19,18 +19,17 @@ from domain.context import Actor, ActorKind, RequestContext, SteppedClock
 from domain.errors import InvalidCommandError, LoginRefusedError
 from domain.ledger import Ledger
 from domain.secrets import totp_code_at_step, totp_step
-from domain.values import AccountKind
+from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
+from domain.values import AccountKind, is_secret_field
 from projections import timeline as timeline_module
 from projections.base import Follower, ViewDB
 from projections.timeline import (
     IDS,
-    SECRET_FIELDS,
     TIMELINE,
     TIMELINE_INDEXES,
     TOUCH,
     TimelineView,
     ip_to_bytes,
-    is_secret_field,
 )
 from projections.timeline_query import (
     TimelineEntry,

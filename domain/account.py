@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import secrets
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from eventsourcing.domain import Aggregate
@@ -443,7 +443,8 @@ def _check_dkim_state(key: DkimKey, expected: DkimKeyState, action: str) -> None
 
 
 class ApiKeyIndex(Aggregate):
-    """Maps an API key id to its account: the O(1) lookup before the constant-time check."""
+    """One API key's record of use: maps its id to its account (the O(1) lookup before the
+    constant-time check) and records where and when it was presented."""
 
     TOPIC = "secstate.ApiKeyIndex"
 
@@ -458,10 +459,39 @@ class ApiKeyIndex(Aggregate):
         def apply(self, index: ApiKeyIndex) -> None:
             index.key_id = self.key_id
             index.account_id = self.account_id
+            index.last_used_at = None
+            index.last_used_ip = None
+            index.last_used_agent = None
+
+    class Used(Event):
+        """The key authenticated a request (recorded at most once per interval and place)."""
+
+        TOPIC = "secstate.ApiKeyIndex.Used"
+        key_id: str
+        account_id: uuid.UUID
+
+        def apply(self, index: ApiKeyIndex) -> None:
+            index.last_used_at = self.occurred_at
+            index.last_used_ip = self.source_ip
+            index.last_used_agent = self.user_agent
+
+    class UseRefused(Event):
+        """The key id was presented with a wrong secret, or after the key was revoked."""
+
+        TOPIC = "secstate.ApiKeyIndex.UseRefused"
+        key_id: str
+        account_id: uuid.UUID
+        reason: str
+
+        def apply(self, index: ApiKeyIndex) -> None:
+            pass
 
     if TYPE_CHECKING:
         key_id: str
         account_id: uuid.UUID
+        last_used_at: datetime | None
+        last_used_ip: str | None
+        last_used_agent: str | None
 
     @staticmethod
     def create_id(key_id: str) -> uuid.UUID:
@@ -470,6 +500,31 @@ class ApiKeyIndex(Aggregate):
     @classmethod
     def index(cls, key_id: str, account_id: uuid.UUID, stamp: Stamp) -> ApiKeyIndex:
         return cls._create(cls.Indexed, key_id=key_id, account_id=account_id, **stamp.fields())
+
+    def use_is_news(self, stamp: Stamp, interval: timedelta) -> bool:
+        """Whether a use is worth an event: the first, from a new place (IP or user agent),
+        or ``interval`` after the last one recorded (zero: every use)."""
+        last = getattr(self, "last_used_at", None)
+        return (
+            last is None
+            or stamp.ctx.source_ip != getattr(self, "last_used_ip", None)
+            or stamp.ctx.user_agent != getattr(self, "last_used_agent", None)
+            or stamp.occurred_at - last >= interval
+        )
+
+    def record_use(self, stamp: Stamp) -> None:
+        self.trigger_event(
+            self.Used, key_id=self.key_id, account_id=self.account_id, **stamp.fields()
+        )
+
+    def refuse_use(self, reason: str, stamp: Stamp) -> None:
+        self.trigger_event(
+            self.UseRefused,
+            key_id=self.key_id,
+            account_id=self.account_id,
+            reason=reason,
+            **stamp.fields(),
+        )
 
 
 def key_id_to_index_id(key_id: str) -> uuid.UUID:

@@ -76,13 +76,21 @@ class WrongPasswordError(SecStateError):
     """The current password given to confirm a change is wrong."""
 
 
-class LoginRefusedError(SecStateError):
+class CheckRefusedError(SecStateError):
+    """A check of a secret was refused; the refusal itself has been recorded."""
+
+    def __init__(self, check: str, username: str, reason: str) -> None:
+        self.check = check
+        self.username = username
+        self.reason = reason
+        super().__init__(f"{check} refused for {username!r}: {reason}")
+
+
+class LoginRefusedError(CheckRefusedError):
     """A login was refused; the refusal itself has been recorded."""
 
     def __init__(self, username: str, reason: str) -> None:
-        self.username = username
-        self.reason = reason
-        super().__init__(f"login refused for {username!r}: {reason}")
+        super().__init__("login", username, reason)
 
 
 class PasswordResetRequiredError(SecStateError):
@@ -99,6 +107,14 @@ class UserDisabledError(SecStateError):
 
 class UserNotLockedError(SecStateError):
     """Unlocking was asked for a user that is not locked."""
+
+
+class UserNotDisabledError(SecStateError):
+    """Enabling was asked for a user that is not disabled."""
+
+
+class UserLockedError(SecStateError):
+    """The user is locked after failed guesses and must be unlocked first."""
 
 
 # --- API keys --------------------------------------------------------------
@@ -181,3 +197,62 @@ class ConcurrencyConflictError(SecStateError):
 
 class SecretKeyError(SecStateError):
     """A sealed secret cannot be opened: unknown key id or tampered ciphertext."""
+
+
+# --- stored history ----------------------------------------------------------
+
+
+def _shown(text: object, limit: int = 120) -> str:
+    """Stored text as a quoted, escaped, bounded literal: it may be anything."""
+    shown = repr(str(text))
+    return shown if len(shown) <= limit else shown[: limit - 4] + "...'"
+
+
+class DamagedHistoryError(SecStateError):
+    """A stored event cannot be trusted or read: untrusted topic, undecodable, out of sequence."""
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        originator_id: object,
+        originator_version: int | None,
+        topic: str | None,
+        position: int | None = None,
+        snapshot: bool = False,
+    ) -> None:
+        self.problem = problem
+        self.originator_id = originator_id
+        self.originator_version = originator_version
+        self.topic = topic
+        self.position = position
+        self.snapshot = snapshot
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        if self.snapshot:
+            where = f"the snapshot of {self.originator_id} at version {self.originator_version}"
+            advice = "; snapshots are a cache: deleting it loses nothing"
+        else:
+            at = f"position {self.position}" if self.position is not None else "an unknown position"
+            where = f"{at} (aggregate {self.originator_id}, version {self.originator_version}"
+            where += f", topic {_shown(self.topic)})" if self.topic is not None else ")"
+            advice = ""
+        return f"stored history is damaged at {where}: {self.problem}{advice}"
+
+    def at_position(self, position: int | None) -> DamagedHistoryError:
+        """The same error, naming the log position once it is known."""
+        if position is None or self.position is not None:
+            return self
+        located = type(self).__new__(type(self))
+        located.__dict__.update(self.__dict__)
+        located.position = position
+        located.args = (located._message(),)
+        return located
+
+    def __str__(self) -> str:
+        return self._message()
+
+
+class UntrustedTopicError(DamagedHistoryError):
+    """A stored row names a topic that is not one of the ledger's own classes."""

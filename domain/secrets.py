@@ -128,6 +128,23 @@ class PasswordHasher:
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)
 
+    def verify_nothing(self, password: str) -> bool:
+        """Cost exactly what ``verify`` of a hash with these parameters costs; always False.
+
+        For checks against an unknown user, so that timing does not tell which usernames
+        exist. The hash is made up (a random salt and digest in PHC form), not computed,
+        so the first call costs no more than later ones.
+        """
+        p = self.params
+        salt = base64.b64encode(secrets.token_bytes(p.salt_len)).decode().rstrip("=")
+        digest = base64.b64encode(secrets.token_bytes(p.hash_len)).decode().rstrip("=")
+        phc = (
+            f"$argon2id$v=19$m={p.memory_cost_kib},t={p.time_cost},p={p.parallelism}"
+            f"${salt}${digest}"
+        )
+        self.verify(phc, password)
+        return False
+
     def verify(self, phc: str, password: str) -> bool:
         try:
             return self._hasher.verify(phc, password)
@@ -219,6 +236,11 @@ class ApiKeyCodec:
         if not hmac.compare_digest(_checksum(body), match["crc"]):
             raise MalformedApiKeyError("API key checksum does not match (typo or look-alike)")
         return PresentedApiKey(key_id=match["kid"], secret=match["secret"])
+
+    def key_id_of(self, token: str) -> str | None:
+        """The key id of a token of the key's form, whether or not its checksum holds."""
+        match = self._pattern.fullmatch(token.strip())
+        return match["kid"] if match else None
 
     def looks_like_key(self, text: str) -> bool:
         """Offline check a secret scanner can run: format and checksum both hold."""

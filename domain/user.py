@@ -13,15 +13,14 @@ from eventsourcing.domain import Aggregate
 
 from domain.context import Stamp
 from domain.errors import (
-    InvalidTotpCodeError,
-    NoPendingEnrolmentError,
     NotStaffError,
     PasswordResetNotRequiredError,
     PasswordResetRequiredError,
     UnknownFactorError,
     UserDisabledError,
+    UserLockedError,
+    UserNotDisabledError,
     UserNotLockedError,
-    WrongPasswordError,
 )
 from domain.rules import check_not_current_password, check_password_strength
 from domain.secrets import (
@@ -44,10 +43,9 @@ from domain.values import (
 
 
 class LoginFailure:
-    """Reasons a login is refused (stored as text in LoginFailed)."""
+    """Reasons a check of a user's secret is refused (stored as text in the refusal)."""
 
-    # ruff: noqa: S105 - these are reason codes, not passwords
-    BAD_PASSWORD = "bad_password"
+    BAD_PASSWORD = "bad_password"  # noqa: S105 - a reason code, not a password
     USER_LOCKED = "user_locked"
     USER_DISABLED = "user_disabled"
     RESET_REQUIRED = "password_reset_required"
@@ -55,7 +53,9 @@ class LoginFailure:
     SECOND_FACTOR_NOT_ENROLLED = "second_factor_required_but_not_enrolled"
     BAD_SECOND_FACTOR = "bad_second_factor"
     TOTP_REPLAYED = "totp_code_replayed"
-    NO_PASSWORD = "no_password_set"
+    NO_PASSWORD = "no_password_set"  # noqa: S105 - a reason code, not a password
+    NO_PENDING_ENROLMENT = "no_pending_enrolment"
+    UNKNOWN_USER = "unknown_user"
 
 
 # Failures that count towards the lockout threshold: guesses at a secret.
@@ -63,12 +63,17 @@ _GUESSES = {LoginFailure.BAD_PASSWORD, LoginFailure.BAD_SECOND_FACTOR, LoginFail
 
 
 @dataclass(frozen=True)
-class LoginOutcome:
+class CheckOutcome:
+    """The decision of a check of a user's secret (a login, a password change, ...)."""
+
     allowed: bool
     reason: str | None = None
     method: str | None = None
     locked_now: bool = False
     rehashed: bool = False
+
+
+LoginOutcome = CheckOutcome
 
 
 @dataclass(frozen=True)
@@ -214,6 +219,29 @@ class User(Aggregate):
             if self.counts_toward_lockout:
                 user.failed_logins += 1
 
+    class PasswordChangeFailed(Event):
+        """A password change was refused; a wrong current password counts as a guess."""
+
+        TOPIC = "secstate.User.PasswordChangeFailed"
+        reason: str
+        counts_toward_lockout: bool
+
+        def apply(self, user: User) -> None:
+            if self.counts_toward_lockout:
+                user.failed_logins += 1
+
+    class TotpConfirmationFailed(Event):
+        """A TOTP enrolment was not confirmed; a wrong code counts as a guess."""
+
+        TOPIC = "secstate.User.TotpConfirmationFailed"
+        factor_id: str
+        reason: str
+        counts_toward_lockout: bool
+
+        def apply(self, user: User) -> None:
+            if self.counts_toward_lockout:
+                user.failed_logins += 1
+
     class UserLocked(Event):
         TOPIC = "secstate.User.UserLocked"
         failed_logins: int
@@ -287,7 +315,8 @@ class User(Aggregate):
         index: int
 
         def apply(self, user: User) -> None:
-            assert user.recovery_codes is not None
+            if user.recovery_codes is None:
+                raise ValueError("a recovery code was used but none were generated")
             user.recovery_codes.hashes[self.index] = None
 
     class InternalSystemAccessed(Event):
@@ -371,18 +400,59 @@ class User(Aggregate):
             check_not_current_password(hasher.verify(self.password_hash, password))
         self._emit(self.PasswordSet, stamp, password_hash=hasher.hash(password))
 
-    def change_password(self, current: str, new: str, hasher: PasswordHasher, stamp: Stamp) -> None:
+    def check_in_good_standing(self) -> None:
+        """Refuse changes to the second factors of a disabled, locked or reset-required user."""
         self.check_not_disabled()
+        if self.locked:
+            raise UserLockedError(f"user {self.username!r} is locked; unlock the user first")
         if self.reset_required:
-            # After a breach the current password is known to the attacker: it proves nothing.
             raise PasswordResetRequiredError(
-                f"user {self.username!r} must complete the required password reset instead"
+                f"user {self.username!r} must complete the required password reset first"
             )
-        if self.password_hash is None or not hasher.verify(self.password_hash, current):
-            raise WrongPasswordError(f"current password for {self.username!r} is wrong")
+
+    def _refusal_before_checking(self) -> str | None:
+        """Why any check of this user's secrets is refused before a secret is looked at.
+
+        After a breach the current password is known to the attacker, so a user who
+        must reset proves nothing with it.
+        """
+        if self.disabled:
+            return LoginFailure.USER_DISABLED
+        if self.locked:
+            return LoginFailure.USER_LOCKED
+        if self.reset_required:
+            return LoginFailure.RESET_REQUIRED
+        return None
+
+    def change_password(
+        self,
+        current: str,
+        new: str,
+        hasher: PasswordHasher,
+        lockout_threshold: int,
+        stamp: Stamp,
+    ) -> CheckOutcome:
+        """Check the current password and change it; a refusal is recorded, not raised.
+
+        The new password's strength is checked first: a weak choice costs no guess.
+        """
         check_password_strength(new, self.username, self.email)
-        check_not_current_password(current == new or hasher.verify(self.password_hash, new))
+        stored = self.password_hash
+        reason = self._refusal_before_checking()
+        if reason is None and stored is None:
+            reason = LoginFailure.NO_PASSWORD
+        if reason is None and stored is not None and not hasher.verify(stored, current):
+            reason = LoginFailure.BAD_PASSWORD
+        if reason is not None or stored is None:
+            return self._fail(
+                reason or LoginFailure.NO_PASSWORD,
+                lockout_threshold,
+                stamp,
+                self.PasswordChangeFailed,
+            )
+        check_not_current_password(current == new or hasher.verify(stored, new))
         self._emit(self.PasswordChanged, stamp, password_hash=hasher.hash(new))
+        return CheckOutcome(True)
 
     def require_password_reset(self, reason: str, campaign_id: str | None, stamp: Stamp) -> bool:
         """False, recording nothing, if this campaign already marked the user.
@@ -511,12 +581,28 @@ class User(Aggregate):
             rehashed = True
         return LoginOutcome(True, method=method, rehashed=rehashed)
 
-    def _fail(self, reason: str, lockout_threshold: int, stamp: Stamp) -> LoginOutcome:
-        self._emit(self.LoginFailed, stamp, reason=reason, counts_toward_lockout=reason in _GUESSES)
-        if reason in _GUESSES and not self.locked and self.failed_logins >= lockout_threshold:
+    def _fail(
+        self,
+        reason: str,
+        lockout_threshold: int,
+        stamp: Stamp,
+        refusal: type[User.Event] | None = None,
+        **fields: Any,
+    ) -> CheckOutcome:
+        """Record a refused check (a LoginFailed unless ``refusal`` says which event); a
+        guess counts toward the lockout, and the one that reaches it locks the user."""
+        counts = reason in _GUESSES
+        self._emit(
+            refusal or self.LoginFailed,
+            stamp,
+            reason=reason,
+            counts_toward_lockout=counts,
+            **fields,
+        )
+        if counts and not self.locked and self.failed_logins >= lockout_threshold:
             self._emit(self.UserLocked, stamp, failed_logins=self.failed_logins)
-            return LoginOutcome(False, reason, locked_now=True)
-        return LoginOutcome(False, reason)
+            return CheckOutcome(False, reason, locked_now=True)
+        return CheckOutcome(False, reason)
 
     def _match_totp(
         self, code: str, keyring: KeyRing, moment: datetime
@@ -551,14 +637,14 @@ class User(Aggregate):
 
     def enable(self, stamp: Stamp) -> None:
         if not self.disabled:
-            raise UserDisabledError(f"user {self.username!r} is not disabled")
+            raise UserNotDisabledError(f"user {self.username!r} is not disabled")
         self._emit(self.UserEnabled, stamp)
 
     # --- second factors --------------------------------------------------------------
 
     def start_totp_enrolment(self, label: str, keyring: KeyRing, stamp: Stamp) -> tuple[str, str]:
         """Returns (factor id, seed). Show the seed once; only its sealed form is stored."""
-        self.check_not_disabled()
+        self.check_in_good_standing()
         factor_id = "tf_" + secrets.token_hex(6)
         seed = new_totp_seed()
         sealed = keyring.seal(seed.encode(), totp_aad(self.id, factor_id))
@@ -568,19 +654,29 @@ class User(Aggregate):
         return factor_id, seed
 
     def confirm_totp_enrolment(
-        self, factor_id: str, code: str, keyring: KeyRing, stamp: Stamp
-    ) -> None:
-        self.check_not_disabled()
+        self, factor_id: str, code: str, keyring: KeyRing, lockout_threshold: int, stamp: Stamp
+    ) -> CheckOutcome:
+        """Check a code from the new authenticator; a refusal is recorded, not raised."""
+        reason = self._refusal_before_checking()
         factor = self.factors.get(factor_id)
-        if factor is None or factor.confirmed:
-            raise NoPendingEnrolmentError(
-                f"user {self.username!r} has no pending TOTP enrolment {factor_id!r}"
+        step = None
+        if reason is None and (factor is None or factor.confirmed):
+            reason = LoginFailure.NO_PENDING_ENROLMENT
+        if reason is None and factor is not None:
+            seed = keyring.open(factor.sealed_secret, totp_aad(self.id, factor_id))
+            step = match_totp_step(seed.decode(), code, stamp.occurred_at)
+            if step is None:
+                reason = LoginFailure.BAD_SECOND_FACTOR
+        if reason is not None or step is None:
+            return self._fail(
+                reason or LoginFailure.BAD_SECOND_FACTOR,
+                lockout_threshold,
+                stamp,
+                self.TotpConfirmationFailed,
+                factor_id=factor_id,
             )
-        seed = keyring.open(factor.sealed_secret, totp_aad(self.id, factor_id))
-        step = match_totp_step(seed.decode(), code, stamp.occurred_at)
-        if step is None:
-            raise InvalidTotpCodeError(f"TOTP code is wrong for enrolment {factor_id!r}")
         self._emit(self.TotpEnrolmentConfirmed, stamp, factor_id=factor_id, totp_step=step)
+        return CheckOutcome(True, method="totp", rehashed=False)
 
     def remove_second_factor(self, factor_id: str, reason: str, stamp: Stamp) -> None:
         self.check_not_disabled()
@@ -593,7 +689,7 @@ class User(Aggregate):
 
     def generate_recovery_codes(self, count: int, stamp: Stamp) -> list[str]:
         """Returns the codes once; only their digests are stored. Replaces older codes."""
-        self.check_not_disabled()
+        self.check_in_good_standing()
         codes = [new_recovery_code() for _ in range(count)]
         self._emit(
             self.RecoveryCodesGenerated, stamp, code_hashes=[hash_recovery_code(c) for c in codes]

@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from eventsourcing.persistence import Notification
 
+from domain.errors import UntrustedTopicError as UntrustedTopicError  # where callers look
 from domain.ledger import Ledger
 
 Dialect = Literal["sqlite", "postgres"]
@@ -50,10 +51,6 @@ class ProjectionFailedError(ProjectionError):
             f"projection {view!r} stopped at position {position} ({event_type}): "
             f"{type(cause).__name__}: {cause}"
         )
-
-
-class UntrustedTopicError(ProjectionError):
-    """A stored event names a topic outside secstate's: it is not imported or decoded."""
 
 
 class Cursor(Protocol):
@@ -408,11 +405,8 @@ class Follower:
     # --- processing --------------------------------------------------------------------
 
     def _decode(self, notification: Notification) -> Any:
-        if not notification.topic.startswith(TRUSTED_TOPIC_PREFIX):
-            raise UntrustedTopicError(
-                f"event at position {notification.id} has untrusted topic "
-                f"{notification.topic!r}; refusing to import it"
-            )
+        # The ledger's mapper resolves topics only against the catalogue of our own
+        # classes (domain.catalogue): an untrusted topic is refused before any import.
         return self.ledger.mapper.to_domain_event(notification)
 
     def _lock_position(self, tx: Tx, name: str) -> int:

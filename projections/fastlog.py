@@ -11,8 +11,9 @@ is the same domain event object the mapper makes (same class, same ``__dict__``)
 event this shortcut cannot handle exactly (an encrypted or compressed store, a transcoded
 value nested deeper than the top level, anything unexpected) goes through the mapper.
 
-Topics are checked before anything is imported or decoded: only ``secstate.`` topics are
-resolved, others raise ``UntrustedTopicError``.
+Topics are looked up in the catalogue of our own classes (``domain.catalogue``) before
+anything is decoded, and nothing is ever imported: others raise ``UntrustedTopicError``.
+A decoded state is checked against its class's fields like the ledger's mapper does.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from eventsourcing.persistence import (
     Transcoding,
     UUIDAsHex,
 )
-from eventsourcing.utils import resolve_topic
 
+from domain.catalogue import event_class, state_problem
+from domain.errors import DamagedHistoryError, UntrustedTopicError
 from domain.ledger import Ledger
-from projections.base import TRUSTED_TOPIC_PREFIX, UntrustedTopicError
 
 # (position, originator id, originator version, topic, state), as stored.
 RawRow = tuple[int, Any, int, str, bytes]
@@ -50,9 +51,13 @@ _fromisoformat = datetime.fromisoformat
 _MAX_CACHED_IDS = 500_000
 
 
-def untrusted(position: int, topic: str) -> UntrustedTopicError:
+def untrusted(position: int, topic: str, originator_id: Any, version: int) -> UntrustedTopicError:
     return UntrustedTopicError(
-        f"event at position {position} has untrusted topic {topic!r}; refusing to import it"
+        "the topic is not one of the ledger's event classes; refusing to import it",
+        originator_id=originator_id,
+        originator_version=version,
+        topic=topic,
+        position=position,
     )
 
 
@@ -152,13 +157,14 @@ class EventDecoder:
         self._classes: dict[str, tuple[type, int]] = {}
         self._ids: dict[str, uuid.UUID] = {}
 
-    def event_class(self, position: int, topic: str) -> tuple[type, int]:
-        """The class a trusted topic names (imported once); UntrustedTopicError otherwise."""
+    def event_class(self, row: RawRow) -> tuple[type, int]:
+        """The catalogue's class for a row's topic; UntrustedTopicError if it has none."""
+        topic = row[3]
         found = self._classes.get(topic)
         if found is None:
-            if not topic.startswith(TRUSTED_TOPIC_PREFIX):
-                raise untrusted(position, topic)
-            cls = resolve_topic(topic)
+            cls = event_class(topic)
+            if cls is None:
+                raise untrusted(row[0], topic, row[1], row[2])
             found = self._classes[topic] = (cls, getattr(cls, "class_version", 1))
         return found
 
@@ -189,11 +195,20 @@ class EventDecoder:
 
     def decode(self, row: RawRow) -> Any:
         position, originator_id, version, topic, state = row
-        cls, class_version = self.event_class(position, topic)
+        cls, class_version = self.event_class(row)
         if self.shortcut:
             event = self._shortcut(cls, class_version, originator_id, version, state)
             if event is not None:
-                return event
+                problem = state_problem(cls, event.__dict__, columns_added=True)
+                if problem is None:
+                    return event
+                raise DamagedHistoryError(
+                    problem,
+                    originator_id=originator_id,
+                    originator_version=version,
+                    topic=topic,
+                    position=position,
+                )
         return self.mapper.to_domain_event(
             Notification(
                 id=position,

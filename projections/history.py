@@ -19,9 +19,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from domain.account import Account
-from domain.errors import InvalidCommandError, UnknownAccountError, UnknownUserError
+from domain.account import Account, ApiKeyIndex
+from domain.errors import (
+    DamagedHistoryError,
+    InvalidCommandError,
+    UnknownAccountError,
+    UnknownUserError,
+)
 from domain.ledger import Ledger
+from domain.replay import apply
 from domain.user import User
 from domain.values import ENVELOPE_FIELDS, is_secret_field
 from projections.base import event_type_name
@@ -36,7 +42,7 @@ from projections.state import (
     user_record,
 )
 
-SubjectKind = Literal["account", "user"]
+SubjectKind = Literal["account", "user", "api_key"]
 
 
 class UnknownSubjectError(UnknownAccountError, UnknownUserError):
@@ -204,7 +210,7 @@ def diff_documents(kind: SubjectKind, before: Document | None, after: Document |
 
 def render_part(kind: SubjectKind, aggregate: Any) -> Document | None:
     """The part of the document one aggregate owns (no password age: it moves with time)."""
-    if aggregate is None:
+    if aggregate is None or kind == "api_key":
         return None
     if kind == "account":
         doc = render_account(account_record(aggregate))
@@ -241,6 +247,17 @@ def _stream(ledger: Ledger, kind: SubjectKind, aggregate_id: uuid.UUID) -> Itera
         yield kind, event
 
 
+def _key_use_lines(event: Any, key_names: dict[str, str]) -> list[str]:
+    """What an ApiKeyIndex event tells, in a line (it changes no part of the document)."""
+    name = key_names.get(event.key_id, event.key_id)
+    where = f" from {event.source_ip}" if event.source_ip else ""
+    if isinstance(event, ApiKeyIndex.Used):
+        return [f"API key {name} used{where}"]
+    if isinstance(event, ApiKeyIndex.UseRefused):
+        return [f"API key {name} refused{where}: {event.reason}"]
+    return []
+
+
 def replay(
     ledger: Ledger,
     subjects: Iterable[tuple[SubjectKind, uuid.UUID]],
@@ -262,36 +279,47 @@ def replay(
     aggregates: dict[uuid.UUID, Any] = {}
     parts: dict[uuid.UUID, Document | None] = {}  # rendering of the current aggregate
     entries: list[HistoryEntry] = []
-    for kind, event in merged:
-        if until is not None and event.occurred_at > until:
-            break
-        key = event.originator_id
-        in_window = since is None or event.occurred_at >= since
-        if in_window:
-            before = parts[key] if key in parts else render_part(kind, aggregates.get(key))
-        aggregates[key] = event.mutate(aggregates.get(key))
-        if not in_window:
-            parts.pop(key, None)  # stale: render again when first needed
-            continue
-        after = render_part(kind, aggregates[key])
-        parts[key] = after
-        aggregate = aggregates[key]
-        entries.append(
-            HistoryEntry(
-                occurred_at=event.occurred_at,
-                recorded_at=event.timestamp,
-                subject_kind=kind,
-                subject=aggregate.name if kind == "account" else aggregate.username,
-                version=event.originator_version,
-                type=event_type_name(event),
-                actor=f"{event.actor_kind}:{event.actor_id}",
-                source_ip=event.source_ip,
-                user_agent=event.user_agent,
-                request_id=event.request_id,
-                changes=diff_documents(kind, before, after),
-                details=event_details(event),
+    key_names: dict[str, str] = {}
+    try:
+        for kind, event in merged:
+            if until is not None and event.occurred_at > until:
+                break
+            key = event.originator_id
+            in_window = since is None or event.occurred_at >= since
+            if in_window:
+                before = parts[key] if key in parts else render_part(kind, aggregates.get(key))
+            aggregates[key] = apply(aggregates.get(key), event)
+            if isinstance(event, Account.ApiKeyCreated):
+                key_names[event.key_id] = event.name
+            if not in_window or isinstance(event, ApiKeyIndex.Indexed):
+                parts.pop(key, None)  # stale: render again when first needed
+                continue
+            after = render_part(kind, aggregates[key])
+            parts[key] = after
+            aggregate = aggregates[key]
+            if kind == "api_key":
+                subject, changes = aggregate.key_id, _key_use_lines(event, key_names)
+            else:
+                subject = aggregate.name if kind == "account" else aggregate.username
+                changes = diff_documents(kind, before, after)
+            entries.append(
+                HistoryEntry(
+                    occurred_at=event.occurred_at,
+                    recorded_at=event.timestamp,
+                    subject_kind=kind,
+                    subject=subject,
+                    version=event.originator_version,
+                    type=event_type_name(event),
+                    actor=f"{event.actor_kind}:{event.actor_id}",
+                    source_ip=event.source_ip,
+                    user_agent=event.user_agent,
+                    request_id=event.request_id,
+                    changes=changes,
+                    details=event_details(event),
+                )
             )
-        )
+    except DamagedHistoryError as e:
+        raise ledger.locate(e) from None
     return entries
 
 
@@ -308,6 +336,8 @@ def account_history(
     account = ledger.get_account(name)
     subjects: list[tuple[SubjectKind, uuid.UUID]] = [("account", account.id)]
     subjects += [("user", uuid.UUID(user_id)) for user_id in account.members]
+    # Where and when its API keys were used or refused (ApiKeyIndex.Indexed says nothing new).
+    subjects += [("api_key", ApiKeyIndex.create_id(key_id)) for key_id in account.api_keys]
     return replay(ledger, subjects, since, until)
 
 

@@ -25,9 +25,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.account import Account
-from domain.errors import SecStateError, UnknownAccountError
+from domain.account import Account, ApiKeyIndex
+from domain.errors import DamagedHistoryError, SecStateError, UnknownAccountError
 from domain.ledger import Ledger
+from domain.replay import apply, replay
 from domain.user import User
 from projections.state import Document, state_from_aggregates
 
@@ -53,8 +54,14 @@ def _interval(ledger: Ledger, cls: type) -> int:
 
 def _event_at(ledger: Ledger, aggregate_id: uuid.UUID, version: int) -> Any:
     for event in ledger.events.get(aggregate_id, gt=version - 1, lte=version, limit=1):
-        return event
-    raise LookupError(f"aggregate {aggregate_id} has no version {version}")
+        if event.originator_version == version:
+            return event
+    raise DamagedHistoryError(
+        f"version {version} is missing although later versions exist",
+        originator_id=aggregate_id,
+        originator_version=version,
+        topic=None,
+    )
 
 
 def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval: int) -> Any:
@@ -64,7 +71,7 @@ def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval
     if last is None:
         return None
     if last.occurred_at <= at:
-        return ledger.repository.get(aggregate_id)
+        return ledger.repository.get(aggregate_id, projector_func=replay)
     latest = int(last.originator_version)
 
     # Largest k with occurred_at(k * interval) <= at, k = 0 meaning "before version 1".
@@ -77,7 +84,9 @@ def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval
             hi = mid - 1
     base = lo * interval
 
-    aggregate = ledger.repository.get(aggregate_id, version=base) if base else None
+    aggregate = (
+        ledger.repository.get(aggregate_id, version=base, projector_func=replay) if base else None
+    )
     # Read on from the base in growing pages: the recorder fetches whole ranges, and
     # the boundary is often near the start, so one big range would mostly be wasted.
     gt, upper, page = base, min(base + interval, latest), FIRST_PAGE
@@ -87,7 +96,7 @@ def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval
         for event in events:
             if event.occurred_at > at:
                 return aggregate
-            aggregate = event.mutate(aggregate)
+            aggregate = apply(aggregate, event)
         gt, page = lte, page * 2
     return aggregate
 
@@ -105,7 +114,13 @@ def account_at(ledger: Ledger, account_name: str, at: datetime) -> Account:
             f"{first.occurred_at.astimezone(UTC).isoformat()}"
         )
     account = replay_until(ledger, account_id, at, _interval(ledger, Account))
-    assert isinstance(account, Account)
+    if not isinstance(account, Account):
+        raise DamagedHistoryError(
+            f"the account replays to a {type(account).__name__}, not an Account",
+            originator_id=account_id,
+            originator_version=None,
+            topic=None,
+        )
     return account
 
 
@@ -120,8 +135,24 @@ def users_at(ledger: Ledger, account: Account, at: datetime) -> list[User]:
     return users
 
 
+def key_indexes_at(ledger: Ledger, account: Account, at: datetime) -> list[ApiKeyIndex]:
+    """The ApiKeyIndex aggregates of the account's keys as they were at ``at``."""
+    interval = _interval(ledger, ApiKeyIndex)
+    found = []
+    for key_id in account.api_keys:
+        index = replay_until(ledger, ApiKeyIndex.create_id(key_id), at, interval)
+        if isinstance(index, ApiKeyIndex):
+            found.append(index)
+    return found
+
+
 def state_at(ledger: Ledger, account_name: str, at: datetime) -> Document:
     """The security state document of ``account_name`` as it was at ``at`` (naive = UTC)."""
     at = as_utc(at)
-    account = account_at(ledger, account_name, at)
-    return state_from_aggregates(account, users_at(ledger, account, at), at)
+    try:
+        account = account_at(ledger, account_name, at)
+        users = users_at(ledger, account, at)
+        keys = key_indexes_at(ledger, account, at)
+    except DamagedHistoryError as e:
+        raise ledger.locate(e) from None
+    return state_from_aggregates(account, users, at, keys)

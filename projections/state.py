@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from domain.account import Account, dkim_ref
-from domain.errors import UnknownAccountError, UnknownUserError
+from domain.account import Account, ApiKeyIndex, dkim_ref
+from domain.errors import DamagedHistoryError, UnknownAccountError, UnknownUserError
 from domain.user import User
 from domain.values import UserStatus
 from projections.base import (
@@ -101,9 +101,16 @@ def password_age_days(changed_at: str | None, as_of: datetime) -> int | None:
 # --- records from aggregates ---------------------------------------------------------------
 
 
-def account_record(account: Account) -> Record:
+def account_record(account: Account, key_indexes: Iterable[ApiKeyIndex] = ()) -> Record:
+    """``key_indexes``: the ApiKeyIndex aggregates of the account's keys, for their last use."""
+    used = {
+        index.key_id: (iso(index.last_used_at), index.last_used_ip)
+        for index in key_indexes
+        if getattr(index, "last_used_at", None) is not None
+    }
     return {
         "id": str(account.id),
+        "version": account.version,
         "name": account.name,
         "kind": account.kind,
         "display_name": account.display_name,
@@ -131,6 +138,8 @@ def account_record(account: Account) -> Record:
                 "revoked_at": iso(k.revoked_at),
                 "revoked_by": k.revoked_by,
                 "revoke_reason": k.revoke_reason,
+                "last_used_at": used.get(k.key_id, (None, None))[0],
+                "last_used_ip": used.get(k.key_id, (None, None))[1],
             }
             for k in account.api_keys.values()
         },
@@ -157,6 +166,7 @@ def user_record(user: User) -> Record:
     codes = user.recovery_codes
     return {
         "id": str(user.id),
+        "version": user.version,
         "account_id": str(user.account_id),
         "username": user.username,
         "email": user.email,
@@ -278,6 +288,8 @@ def render_account(record: Record) -> Document:
                 "display": k["display"],
                 "created_by": k["created_by"],
                 "created_at": k["created_at"],
+                "last_used_at": k.get("last_used_at"),
+                "last_used_ip": k.get("last_used_ip"),
             }
             for k in keys
             if k["revoked_at"] is None
@@ -293,6 +305,8 @@ def render_account(record: Record) -> Document:
                 "revoked_at": k["revoked_at"],
                 "revoked_by": k["revoked_by"],
                 "revoke_reason": k["revoke_reason"],
+                "last_used_at": k.get("last_used_at"),
+                "last_used_ip": k.get("last_used_ip"),
             }
             for k in keys
             if k["revoked_at"] is not None
@@ -332,12 +346,20 @@ def render_document(account: Record, users: Iterable[Record], as_of: datetime) -
     }
 
 
-def state_from_aggregates(account: Account, users: Iterable[User], as_of: datetime) -> Document:
-    """The security state document of ``account`` and its member ``users`` at ``as_of``.
+def state_from_aggregates(
+    account: Account,
+    users: Iterable[User],
+    as_of: datetime,
+    key_indexes: Iterable[ApiKeyIndex] = (),
+) -> Document:
+    """The security state document of ``account``, its member ``users`` and the
+    ApiKeyIndex aggregates of its keys (their last use), at ``as_of``.
 
     ``as_of`` only sets the password age; the aggregates decide everything else.
     """
-    return render_document(account_record(account), [user_record(u) for u in users], as_of)
+    return render_document(
+        account_record(account, key_indexes), [user_record(u) for u in users], as_of
+    )
 
 
 # --- records from events (the view's incremental path) ------------------------------
@@ -346,6 +368,7 @@ def state_from_aggregates(account: Account, users: Iterable[User], as_of: dateti
 def _account_opened(_: Record | None, e: Any) -> Record:
     return {
         "id": str(e.originator_id),
+        "version": e.originator_version,
         "name": e.name,
         "kind": e.kind,
         "display_name": e.display_name,
@@ -395,7 +418,16 @@ def _api_key_created(r: Record, e: Any) -> Record:
         "revoked_at": None,
         "revoked_by": None,
         "revoke_reason": None,
+        "last_used_at": None,
+        "last_used_ip": None,
     }
+    return r
+
+
+def _api_key_used(r: Record, e: Any) -> Record:
+    key = r["api_keys"][e.key_id]
+    key["last_used_at"] = iso(e.occurred_at)
+    key["last_used_ip"] = e.source_ip
     return r
 
 
@@ -439,6 +471,7 @@ def _dkim_transition(state: str, stamp_field: str) -> Callable[[Record, Any], Re
 def _user_registered(_: Record | None, e: Any) -> Record:
     return {
         "id": str(e.originator_id),
+        "version": e.originator_version,
         "account_id": str(e.account_id),
         "username": e.username,
         "email": e.email,
@@ -540,12 +573,20 @@ def _code_used(r: Record, e: Any) -> Record:
     return r
 
 
+def _no_change(r: Record, _: Any) -> Record:
+    return r
+
+
 Handler = Callable[[Any, Any], Record]
 
 # (kind, handler, creates) per topic. Events absent from the document are listed as
 # no-ops so a new, unhandled event type stops the view instead of silently diverging.
-_A, _U = "account", "user"
+# Kind "key": an ApiKeyIndex event, folded into its account's record.
+_A, _U, _K = "account", "user", "key"
 HANDLERS: dict[str, tuple[str, Handler, bool]] = {
+    "secstate.ApiKeyIndex.Used": (_K, _api_key_used, False),
+    "secstate.User.PasswordChangeFailed": (_U, _login_failed, False),
+    "secstate.User.TotpConfirmationFailed": (_U, _login_failed, False),
     "secstate.Account.Opened": (_A, _account_opened, True),
     "secstate.Account.TwoFactorPolicyChanged": (_A, _two_factor_policy, False),
     "secstate.Account.MemberAdded": (_A, _member_added, False),
@@ -573,13 +614,19 @@ HANDLERS: dict[str, tuple[str, Handler, bool]] = {
     "secstate.User.SecondFactorRemoved": (_U, _factor_removed, False),
     "secstate.User.RecoveryCodesGenerated": (_U, _codes_generated, False),
     "secstate.User.RecoveryCodeUsed": (_U, _code_used, False),
+    # Nothing shown changes, but the record's version moves on: a gap in an aggregate's
+    # versions means rows are missing from the log, and the view says so.
+    "secstate.Account.ControlPanelAccessAllowed": (_A, _no_change, False),
+    "secstate.Account.ControlPanelAccessDenied": (_A, _no_change, False),
+    "secstate.User.PasswordRehashed": (_U, _no_change, False),  # same password, new hash
+    "secstate.User.InternalSystemAccessed": (_U, _no_change, False),
 }
 NO_OP_TOPICS = frozenset(
     {
-        "secstate.Account.ControlPanelAccessAllowed",
-        "secstate.Account.ControlPanelAccessDenied",
-        "secstate.User.PasswordRehashed",  # same password, new hash: nothing shown changes
-        "secstate.User.InternalSystemAccessed",
+        "secstate.ApiKeyIndex.Indexed",
+        "secstate.ApiKeyIndex.UseRefused",
+        "secstate.CredentialAttempt.UnknownUserRefused",  # no account or user to show it on
+        "secstate.CredentialAttempt.UnknownApiKeyRefused",
     }
 )
 
@@ -592,6 +639,24 @@ def apply_event(record: Record | None, event: Any) -> Record | None:
         return record
     _, handler, _ = entry
     return handler(record, event)
+
+
+def _check_version(record: Record, event: Any) -> None:
+    """Refuse an event that does not follow the record's last version of its aggregate:
+    a row deleted from the middle of the log, or versions out of order."""
+    last = record.get("version")  # records written before versions were kept lack it
+    if last is not None and event.originator_version != last + 1:
+        raise DamagedHistoryError(
+            f"version {event.originator_version} follows version {last} in the state view: "
+            + (
+                "the versions between are missing from the log"
+                if event.originator_version > last + 1
+                else "out of order"
+            ),
+            originator_id=event.originator_id,
+            originator_version=event.originator_version,
+            topic=getattr(type(event), "TOPIC", None),
+        )
 
 
 # --- the view ---------------------------------------------------------------------------
@@ -675,9 +740,7 @@ class StateView(View):
             topic: str = getattr(type(event), "TOPIC", "")
             entry = HANDLERS.get(topic)
             if entry is None:
-                if topic in NO_OP_TOPICS or not topic.startswith(
-                    (ACCOUNT_TOPIC_PREFIX, USER_TOPIC_PREFIX)
-                ):
+                if topic in NO_OP_TOPICS:
                     continue
                 raise ProjectionFailedError(
                     self.name,
@@ -686,13 +749,14 @@ class StateView(View):
                     LookupError(f"the state view has no handler for {topic}"),
                 )
             kind, handler, creates = entry
-            originator = event.originator_id.int
+            subject = event.account_id if kind == _K else event.originator_id
+            originator = subject.int
             key = keys.get(originator)
             if key is None:
                 if len(keys) >= _MAX_BUILT_RECORDS:
                     keys.clear()
-                key = keys[originator] = str(event.originator_id)
-            if kind == _A:
+                key = keys[originator] = str(subject)
+            if kind != _U:
                 plan.append((position, event, key, accounts, handler, creates))
                 if not creates:
                     wanted_accounts.add(key)
@@ -708,7 +772,13 @@ class StateView(View):
             try:
                 if record is None and not creates:
                     raise LookupError(f"no record {key} in the state view")
+                # An ApiKeyIndex event changes its account's record, not its own.
+                own = not isinstance(event, ApiKeyIndex.Event)
+                if own and record is not None:
+                    _check_version(record, event)
                 records[key] = handler(record, event)
+                if own:
+                    records[key]["version"] = event.originator_version
             except Exception as e:
                 raise ProjectionFailedError(self.name, position, event_type_name(event), e) from e
 

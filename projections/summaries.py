@@ -105,6 +105,31 @@ def _api_key_indexed(e: Any, n: Names) -> str:
     return f"API key id {e.key_id} indexed for account {_q(n.account)}"
 
 
+def _key_name(e: Any, n: Names) -> str:
+    return f"{_q(n.key_name)} ({e.key_id})" if n.key_name else e.key_id
+
+
+def _api_key_used(e: Any, n: Names) -> str:
+    return f"API key {_key_name(e, n)} of {_q(n.account)} used{by_from(e)}"
+
+
+def _api_key_use_refused(e: Any, n: Names) -> str:
+    return f"API key {_key_name(e, n)} of {_q(n.account)} refused: {e.reason}{by_from(e)}"
+
+
+# --- CredentialAttempt --------------------------------------------------------------------
+
+
+def _unknown_user(e: Any, n: Names) -> str:
+    check = str(e.check).replace("_", " ")
+    return f"{check} for unknown user {_q(e.username)} refused{by_from(e)}"
+
+
+def _unknown_api_key(e: Any, n: Names) -> str:
+    what = "malformed API key" if e.key_id is None else f"API key id {e.key_id}"
+    return f"{what} refused ({e.reason}){by_from(e)}"
+
+
 # --- User --------------------------------------------------------------------------------
 
 
@@ -139,6 +164,16 @@ def _login_succeeded(e: Any, n: Names) -> str:
 
 def _login_failed(e: Any, n: Names) -> str:
     return f"login of {_q(n.username)} failed: {e.reason}{by_from(e)}"
+
+
+def _password_change_failed(e: Any, n: Names) -> str:
+    return f"password change of {_q(n.username)} refused: {e.reason}{by_from(e)}"
+
+
+def _totp_confirmation_failed(e: Any, n: Names) -> str:
+    return (
+        f"TOTP confirmation of {e.factor_id} for {_q(n.username)} refused: {e.reason}{by_from(e)}"
+    )
 
 
 def _locked(e: Any, n: Names) -> str:
@@ -200,6 +235,12 @@ SUMMARISERS: dict[str, Summariser] = {
     "Account.DkimKeyActivated": _dkim_activated,
     "Account.DkimKeyRetired": _dkim_retired,
     "ApiKeyIndex.Indexed": _api_key_indexed,
+    "ApiKeyIndex.Used": _api_key_used,
+    "ApiKeyIndex.UseRefused": _api_key_use_refused,
+    "CredentialAttempt.UnknownUserRefused": _unknown_user,
+    "CredentialAttempt.UnknownApiKeyRefused": _unknown_api_key,
+    "User.PasswordChangeFailed": _password_change_failed,
+    "User.TotpConfirmationFailed": _totp_confirmation_failed,
     "User.Registered": _registered,
     "User.PasswordSet": _password_set,
     "User.PasswordChanged": _password_changed,

@@ -99,6 +99,10 @@ class _Spec:
     json_cache: dict[tuple[Any, ...], str] = dataclasses.field(default_factory=dict, compare=False)
 
 
+# Events about an API key whose summary shows the key's name.
+_KEY_NAMING_TYPES = frozenset(
+    {"Account.ApiKeyRevoked", "ApiKeyIndex.Used", "ApiKeyIndex.UseRefused"}
+)
 # Events that name something (an account, a user, an API key): always go the slow way.
 _NAMING_TYPES = frozenset({"User.Registered", "Account.Opened", "Account.ApiKeyCreated"})
 
@@ -438,7 +442,7 @@ class TimelineView(View):
         key_name = None
         if type_name == "Account.MemberAdded":
             username = event.username
-        elif type_name == "Account.ApiKeyRevoked":
+        elif type_name in _KEY_NAMING_TYPES:
             known = self._lookup(tx, event.key_id)
             key_name = known[0] if known else None
         elif type_name == "User.InternalSystemAccessed":

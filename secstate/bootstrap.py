@@ -6,7 +6,7 @@ import base64
 import json
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +137,7 @@ def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
         bulk_batch_size=settings.bulk_batch_size,
         dkim_rsa_bits=settings.dkim_rsa_bits,
         totp_issuer=settings.totp_issuer,
+        api_key_use_interval=timedelta(seconds=settings.api_key_use_interval),
     )
 
 

@@ -424,7 +424,11 @@ class _Simulation:
         # The code the user's app shows at that moment, from the seed shown once.
         code = totp_code_at_step(seed, totp_step(at))
         su.user.confirm_totp_enrolment(
-            factor_id, code, self.keyring, self.stamp(su.actor, ip, su.user_agent, at)
+            factor_id,
+            code,
+            self.keyring,
+            self.ledger.lockout_threshold,
+            self.stamp(su.actor, ip, su.user_agent, at),
         )
         su.totp_seed = seed
         self.writer.touch(su.user)

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     bulk_batch_size: int = Field(default=5000, ge=1)
     dkim_rsa_bits: int = Field(default=2048, ge=1024)
     totp_issuer: str = "secstate"
+    api_key_use_interval: int = Field(
+        default=60,
+        ge=0,
+        le=86400,
+        description="seconds between recorded uses of one API key from one place (0: every use)",
+    )
     sqlite_lock_timeout: int = Field(default=10, ge=1)
 
     @field_validator("database_url")

@@ -31,7 +31,11 @@ FIXTURE = "history-v1"
 MOMENT_DEPENDENT = frozenset({"as_of", "password_age_days"})
 
 # Output fields added after the fixture was written: key -> the value old history gives.
-ADDED_SINCE: dict[str, Any] = {}
+ADDED_SINCE: dict[str, Any] = {
+    # An API key's last recorded use (ApiKeyIndex.Used, new with the hardening): none before.
+    "last_used_at": None,
+    "last_used_ip": None,
+}
 
 
 def normalise(value: Any) -> Any:

@@ -70,7 +70,7 @@ def run_scenario(ledger: Ledger, ctx: RequestContext, clock: SteppedClock) -> Sc
     found.secret("API token", issued.token)
     found.secret("API secret", presented.secret)
     found.public["API key id"] = issued.key_id.encode()
-    ledger.authenticate_api_key(c.parse_command(c.AuthenticateApiKey, token=issued.token))
+    ledger.authenticate_api_key(c.parse_command(c.AuthenticateApiKey, token=issued.token), ctx)
 
     # TOTP: start + confirm, then a login with a code
     enrolment = ledger.start_totp_enrolment(

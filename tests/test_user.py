@@ -1,7 +1,8 @@
 """User aggregate rules, given/when/then, without a store.
 
-Every refused command must raise its named error and record nothing; refused logins
-are the exception by design: they record LoginFailed with the reason.
+Every refused command must raise its named error and record nothing; refused checks of
+a secret (logins, password changes, TOTP confirmations) are the exception by design:
+they record the refusal with its reason, and a wrong guess counts toward the lockout.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ import copy
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from domain.context import Actor, ActorKind, RequestContext, Stamp
 from domain.errors import (
-    InvalidTotpCodeError,
-    NoPendingEnrolmentError,
     NotStaffError,
     PasswordResetNotRequiredError,
     PasswordResetRequiredError,
@@ -24,9 +24,10 @@ from domain.errors import (
     SecStateError,
     UnknownFactorError,
     UserDisabledError,
+    UserLockedError,
+    UserNotDisabledError,
     UserNotLockedError,
     WeakPasswordError,
-    WrongPasswordError,
 )
 from domain.secrets import (
     TOTP_PERIOD,
@@ -111,9 +112,26 @@ def enrolled(user: User, seconds: float = 0) -> tuple[str, str]:
     """Start and confirm a TOTP factor at ``seconds``; returns (factor id, seed)."""
     factor_id, seed = user.start_totp_enrolment("phone", KEYRING, at(seconds))
     code = code_at(seed, seconds)
-    user.confirm_totp_enrolment(factor_id, code, KEYRING, at(seconds))
+    assert user.confirm_totp_enrolment(factor_id, code, KEYRING, 5, at(seconds)).allowed
     user.collect_events()
     return factor_id, seed
+
+
+def change(user: User, current: str, new: str, seconds: float = 0, threshold: int = 5) -> Any:
+    return user.change_password(current, new, HASHER, threshold, at(seconds))
+
+
+def confirm(user: User, factor_id: str, code: str, seconds: float = 0) -> Any:
+    return user.confirm_totp_enrolment(factor_id, code, KEYRING, 5, at(seconds))
+
+
+def recorded_refusal(user: User, outcome: Any, event: str, reason: str) -> Any:
+    """The outcome refused ``reason``, recorded as one ``event`` (returned)."""
+    assert (outcome.allowed, outcome.reason) == (False, reason)
+    [recorded] = user.collect_events()
+    assert type(recorded).__name__ == event
+    assert recorded.reason == reason
+    return recorded
 
 
 def code_at(seed: str, seconds: float, steps_ahead: int = 0) -> str:
@@ -202,41 +220,86 @@ def test_change_password_with_the_right_current_password() -> None:
     # given
     user = registered()
     # when
-    user.change_password(PASSWORD, NEW_PASSWORD, HASHER, at(60))
+    assert change(user, PASSWORD, NEW_PASSWORD, 60).allowed
     # then
     assert names(user) == ["PasswordChanged"]
     assert login(user, NEW_PASSWORD).allowed
     assert login(user, PASSWORD).reason == LoginFailure.BAD_PASSWORD
 
 
-def test_change_password_with_a_wrong_current_password_is_refused() -> None:
+def test_a_wrong_current_password_is_recorded_and_counts_as_a_guess() -> None:
+    # given
     user = registered()
-    refused(
-        user,
-        WrongPasswordError,
-        lambda: user.change_password("not-the-password", NEW_PASSWORD, HASHER, at()),
-    )
+    # when
+    outcome = change(user, "not-the-password", NEW_PASSWORD)
+    # then
+    event = recorded_refusal(user, outcome, "PasswordChangeFailed", LoginFailure.BAD_PASSWORD)
+    assert event.counts_toward_lockout is True
+    assert user.failed_logins == 1
+    assert HASHER.verify(user.password_hash or "", PASSWORD)
+
+
+def test_password_change_guesses_lock_the_user_like_failed_logins() -> None:
+    # given a threshold of 3, one failed login and one wrong current password
+    user = registered()
+    assert login(user, "wrong-1", threshold=3).reason == LoginFailure.BAD_PASSWORD
+    change(user, "wrong-2", NEW_PASSWORD, threshold=3)
+    user.collect_events()
+    # when the third guess is a password change
+    outcome = change(user, "wrong-3", NEW_PASSWORD, threshold=3)
+    # then it locks the user
+    assert outcome.locked_now
+    assert names(user) == ["PasswordChangeFailed", "UserLocked"]
+    assert user.status is UserStatus.LOCKED
+
+
+@pytest.mark.parametrize(
+    ("prepare", "reason"),
+    [
+        pytest.param(lambda u: u.disable("gone", at()), LoginFailure.USER_DISABLED, id="disabled"),
+        pytest.param(
+            lambda u: [login(u, f"wrong-{i}") for i in range(5)],
+            LoginFailure.USER_LOCKED,
+            id="locked",
+        ),
+        pytest.param(
+            lambda u: u.require_password_reset("breach", None, at()),
+            LoginFailure.RESET_REQUIRED,
+            id="reset-required",
+        ),
+    ],
+)
+def test_password_change_is_refused_as_a_login_would_be_without_checking_the_password(
+    prepare: Callable[[User], object], reason: str
+) -> None:
+    # given a disabled, locked or reset-required user
+    user = registered()
+    prepare(user)
+    user.collect_events()
+    failed = user.failed_logins
+    # when the right current password is given
+    outcome = change(user, PASSWORD, NEW_PASSWORD)
+    # then it is refused and recorded, and the password is not even looked at
+    event = recorded_refusal(user, outcome, "PasswordChangeFailed", reason)
+    assert event.counts_toward_lockout is False
+    assert user.failed_logins == failed
+    assert HASHER.verify(user.password_hash or "", PASSWORD)
 
 
 def test_change_to_the_same_password_is_refused() -> None:
     user = registered()
-    refused(
-        user, PasswordReuseError, lambda: user.change_password(PASSWORD, PASSWORD, HASHER, at())
-    )
+    refused(user, PasswordReuseError, lambda: change(user, PASSWORD, PASSWORD))
 
 
-def test_change_to_a_weak_password_is_refused() -> None:
+def test_change_to_a_weak_password_is_refused_before_any_guess_is_counted() -> None:
     user = registered()
-    refused(
-        user,
-        WeakPasswordError,
-        lambda: user.change_password(PASSWORD, "qwerty123456", HASHER, at()),
-    )
+    refused(user, WeakPasswordError, lambda: change(user, "not-the-password", "qwerty123456"))
 
 
-def test_change_password_without_any_password_set_is_wrong_password() -> None:
+def test_change_password_without_any_password_set_is_refused_and_recorded() -> None:
     user = registered(password=None)
-    refused(user, WrongPasswordError, lambda: user.change_password("", NEW_PASSWORD, HASHER, at()))
+    outcome = change(user, "", NEW_PASSWORD)
+    recorded_refusal(user, outcome, "PasswordChangeFailed", LoginFailure.NO_PASSWORD)
 
 
 # --- required resets ----------------------------------------------------------------------
@@ -271,17 +334,6 @@ def test_reset_required_user_with_a_wrong_password_gets_bad_password() -> None:
     user.require_password_reset("breach", None, at())
     user.collect_events()
     assert login(user, "wrong-password-1").reason == LoginFailure.BAD_PASSWORD
-
-
-def test_change_password_while_reset_is_required_is_refused() -> None:
-    user = registered()
-    user.require_password_reset("breach", None, at())
-    user.collect_events()
-    refused(
-        user,
-        PasswordResetRequiredError,
-        lambda: user.change_password(PASSWORD, NEW_PASSWORD, HASHER, at()),
-    )
 
 
 def test_same_campaign_marks_a_user_only_once() -> None:
@@ -423,15 +475,8 @@ def test_disabled_user_cannot_log_in() -> None:
 @pytest.mark.parametrize(
     "action",
     [
-        pytest.param(
-            lambda u: u.change_password(PASSWORD, NEW_PASSWORD, HASHER, at()), id="change"
-        ),
         pytest.param(lambda u: u.complete_password_reset(NEW_PASSWORD, HASHER, at()), id="reset"),
         pytest.param(lambda u: u.start_totp_enrolment("phone", KEYRING, at()), id="totp-start"),
-        pytest.param(
-            lambda u: u.confirm_totp_enrolment("tf_000000000000", "123456", KEYRING, at()),
-            id="totp-confirm",
-        ),
         pytest.param(lambda u: u.remove_second_factor("tf_0", "x", at()), id="remove-factor"),
         pytest.param(lambda u: u.generate_recovery_codes(10, at()), id="recovery-codes"),
         pytest.param(lambda u: u.disable("again", at()), id="disable-again"),
@@ -460,7 +505,40 @@ def test_enabling_restores_login() -> None:
 
 def test_enabling_a_user_that_is_not_disabled_is_refused() -> None:
     user = registered()
-    refused(user, UserDisabledError, lambda: user.enable(at()))
+    refused(user, UserNotDisabledError, lambda: user.enable(at()))
+
+
+@pytest.mark.parametrize(
+    ("prepare", "error"),
+    [
+        pytest.param(
+            lambda u: [login(u, f"wrong-{i}") for i in range(5)], UserLockedError, id="locked"
+        ),
+        pytest.param(
+            lambda u: u.require_password_reset("breach", None, at()),
+            PasswordResetRequiredError,
+            id="reset-required",
+        ),
+    ],
+)
+@pytest.mark.parametrize(
+    "action",
+    [
+        pytest.param(lambda u: u.start_totp_enrolment("phone", KEYRING, at()), id="totp-start"),
+        pytest.param(lambda u: u.generate_recovery_codes(10, at()), id="recovery-codes"),
+    ],
+)
+def test_second_factors_of_a_locked_or_reset_required_user_cannot_be_added(
+    prepare: Callable[[User], object],
+    error: type[SecStateError],
+    action: Callable[[User], object],
+) -> None:
+    # given: after a breach the attacker knows the password; new factors must wait
+    user = registered()
+    prepare(user)
+    user.collect_events()
+    # when / then
+    refused(user, error, lambda: action(user))
 
 
 # --- TOTP ---------------------------------------------------------------------------------
@@ -482,41 +560,54 @@ def test_totp_enrolment_seals_the_seed_and_only_confirmation_activates_it() -> N
     assert login(user).allowed
     user.collect_events()
     # when confirmed
-    user.confirm_totp_enrolment(factor_id, code_at(seed, 0), KEYRING, at())
+    assert confirm(user, factor_id, code_at(seed, 0)).allowed
     # then
     assert names(user) == ["TotpEnrolmentConfirmed"]
     assert [f.factor_id for f in user.confirmed_factors] == [factor_id]
 
 
-def test_confirming_with_a_wrong_code_is_refused() -> None:
+def test_confirming_with_a_wrong_code_is_recorded_and_counts_as_a_guess() -> None:
     user = registered()
     factor_id, seed = user.start_totp_enrolment("phone", KEYRING, at())
     user.collect_events()
-    wrong = wrong_code(seed, 0)
-    refused(
-        user,
-        InvalidTotpCodeError,
-        lambda: user.confirm_totp_enrolment(factor_id, wrong, KEYRING, at()),
+    outcome = confirm(user, factor_id, wrong_code(seed, 0))
+    event = recorded_refusal(
+        user, outcome, "TotpConfirmationFailed", LoginFailure.BAD_SECOND_FACTOR
     )
+    assert event.factor_id == factor_id
+    assert event.counts_toward_lockout is True
+    assert user.failed_logins == 1
+    assert user.confirmed_factors == []
 
 
-def test_confirming_an_enrolment_that_was_not_started_is_refused() -> None:
+def test_confirming_an_enrolment_that_was_not_started_is_recorded_not_counted() -> None:
     user = registered()
-    refused(
-        user,
-        NoPendingEnrolmentError,
-        lambda: user.confirm_totp_enrolment("tf_000000000000", "123456", KEYRING, at()),
+    outcome = confirm(user, "tf_000000000000", "123456")
+    event = recorded_refusal(
+        user, outcome, "TotpConfirmationFailed", LoginFailure.NO_PENDING_ENROLMENT
     )
+    assert event.counts_toward_lockout is False
 
 
 def test_confirming_an_already_confirmed_enrolment_is_refused() -> None:
     user = registered()
     factor_id, seed = enrolled(user)
-    refused(
-        user,
-        NoPendingEnrolmentError,
-        lambda: user.confirm_totp_enrolment(factor_id, code_at(seed, 90), KEYRING, at(90)),
-    )
+    outcome = confirm(user, factor_id, code_at(seed, 90), 90)
+    recorded_refusal(user, outcome, "TotpConfirmationFailed", LoginFailure.NO_PENDING_ENROLMENT)
+
+
+def test_a_locked_user_cannot_confirm_even_with_the_right_code() -> None:
+    # given a started enrolment, then five wrong logins
+    user = registered()
+    factor_id, seed = user.start_totp_enrolment("phone", KEYRING, at())
+    for i in range(5):
+        login(user, f"wrong-{i}")
+    user.collect_events()
+    # when
+    outcome = confirm(user, factor_id, code_at(seed, 0))
+    # then the code is not even checked
+    recorded_refusal(user, outcome, "TotpConfirmationFailed", LoginFailure.USER_LOCKED)
+    assert user.confirmed_factors == []
 
 
 def test_login_with_a_confirmed_factor_needs_the_code() -> None:

@@ -474,7 +474,9 @@ def user_login(
                 ],
             )
         prompts["recovery_code"] = ("Recovery code", False)
-    command = parse_with_secrets(cmd.Login, secrets, prompts, user_must_exist, **data)
+    # No check that the user exists before the prompt: an unknown username is refused
+    # like a wrong password, and recorded (credential stuffing shows up exactly there).
+    command = parse_with_secrets(cmd.Login, secrets, prompts, None, **data)
     outcome = STATE.ledger.login(command, STATE.request_context())
     if json_out:
         print_json(
@@ -534,7 +536,7 @@ def password_change(
         cmd.ChangePassword,
         SecretInput("ChangePassword", from_stdin=password_stdin),
         {"current_password": ("Current password", False), "new_password": ("New password", True)},
-        user_must_exist,
+        None,  # an unknown username is refused and recorded like a wrong password
         username=username,
     )
     STATE.ledger.change_password(command, STATE.request_context())
@@ -772,7 +774,7 @@ def apikey_verify(json_out: JsonOption = False) -> None:
     """Check a token read from stdin; prints whose key it is, or exits 1."""
     token = SecretInput("AuthenticateApiKey", from_stdin=True).read("token", "API key").strip()
     command = cmd.parse_command(cmd.AuthenticateApiKey, token=token)
-    principal = STATE.ledger.authenticate_api_key(command)
+    principal = STATE.ledger.authenticate_api_key(command, STATE.request_context())
     if json_out:
         print_json(principal)
     else:

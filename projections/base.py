@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol
 
 from eventsourcing.persistence import Notification
 
+from domain.errors import DamagedHistoryError
 from domain.errors import UntrustedTopicError as UntrustedTopicError  # where callers look
 from domain.ledger import Ledger
 
@@ -47,9 +48,14 @@ class ProjectionFailedError(ProjectionError):
         self.position = position
         self.event_type = event_type
         self.cause = cause
+        # A damaged row says what is wrong itself; other causes are named by their type.
+        why = (
+            str(cause)
+            if isinstance(cause, DamagedHistoryError)
+            else (f"{type(cause).__name__}: {cause}")
+        )
         super().__init__(
-            f"projection {view!r} stopped at position {position} ({event_type}): "
-            f"{type(cause).__name__}: {cause}"
+            f"projection {view!r} stopped at position {position} ({event_type[:80]}): {why}"
         )
 
 

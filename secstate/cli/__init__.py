@@ -15,7 +15,8 @@ import typer
 from pydantic import ValidationError
 
 from domain.commands import describe_validation_error
-from domain.errors import InvalidCommandError, SecStateError
+from domain.errors import DamagedHistoryError, InvalidCommandError, SecStateError
+from projections.base import ProjectionError
 from secstate.cli.common import STATE, err_console, refresh_console_width, root_callback
 
 app = typer.Typer(
@@ -87,6 +88,13 @@ def run(argv: list[str] | None = None) -> int:
     except InvalidCommandError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False)
         return EXIT_REFUSED
+    except DamagedHistoryError as e:
+        # Not bad input and not a bug: the store holds a row the ledger cannot trust.
+        err_console.print(f"error: {STATE.locate(e)}", markup=False, highlight=False)
+        return EXIT_INTERNAL
+    except ProjectionError as e:
+        err_console.print(f"error: {e}", markup=False, highlight=False)
+        return EXIT_INTERNAL
     except SecStateError as e:
         err_console.print(f"error: {e}", markup=False, highlight=False)
         if STATE.debug:

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from domain.context import Actor, RequestContext
-from domain.errors import InvalidCommandError
+from domain.errors import DamagedHistoryError, InvalidCommandError
 from domain.ledger import Ledger
 from projections.base import Follower
 from secstate.bootstrap import build_ledger
@@ -80,6 +80,10 @@ class CliState:
         if problems:
             raise InvalidCommandError("request context", problems)
         return ctx
+
+    def locate(self, error: DamagedHistoryError) -> DamagedHistoryError:
+        """``error`` naming the log position of its row, if the ledger was opened."""
+        return self._ledger.locate(error) if self._ledger is not None else error
 
     def close(self) -> None:
         if self._ledger is not None:

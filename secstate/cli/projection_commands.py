@@ -30,6 +30,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from domain.errors import DamagedHistoryError
 from domain.ledger import Ledger
 from projections.base import Follower, ProjectionFailedError, View, ViewDB, rebuild_together
 from projections.registry import check_names, make_view, view_names
@@ -45,6 +46,7 @@ project_app = typer.Typer(
 )
 
 EXIT_FAILED = 1
+EXIT_DAMAGED = 3  # the store holds a row the ledger cannot trust, as everywhere else
 EXIT_INTERRUPTED = 130
 
 BatchSizeOption = Annotated[
@@ -310,6 +312,7 @@ def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
     try:
         followers = [Follower(STATE.ledger, views[n], dbs[n], batch_size) for n in views]
         head = followers[0].head()
+        failure: ProjectionFailedError | None = None
         with _stop_on_signals(stopping.set), _progress() as bars:
             task = bars.add_task(f"rebuild {label}", total=head)
             try:
@@ -319,12 +322,16 @@ def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
                     stopping=stopping,
                 )
             except ProjectionFailedError as e:
-                unchanged = "view is" if len(views) == 1 else "views are"
-                err_console.print(
-                    f"error: {e}; the live {unchanged} unchanged", markup=False, highlight=False
-                )
-                raise typer.Exit(EXIT_FAILED) from None
-            bars.update(task, completed=max(position, 0))
+                failure = e
+            else:
+                bars.update(task, completed=max(position, 0))
+        if failure is not None:  # said once the progress bar is gone
+            unchanged = "view is" if len(views) == 1 else "views are"
+            err_console.print(
+                f"error: {failure}; the live {unchanged} unchanged", markup=False, highlight=False
+            )
+            damaged = isinstance(failure.cause, DamagedHistoryError)
+            raise typer.Exit(EXIT_DAMAGED if damaged else EXIT_FAILED) from None
     finally:
         for db in dbs.values():
             db.close()
@@ -437,7 +444,8 @@ def _rebuild_child(job: _RebuildJob, opening: Any, messages: Any, go: Any, abort
         )
         messages.put(("done", job.index, position, built))
     except ProjectionFailedError as e:
-        messages.put(("failed", job.index, str(e)))
+        damaged = isinstance(e.cause, DamagedHistoryError)
+        messages.put(("damaged" if damaged else "failed", job.index, str(e)))
     except BaseException as e:  # the parent reports it; this process only ends
         messages.put(("crashed", job.index, f"{type(e).__name__}: {e}"))
     finally:
@@ -534,7 +542,8 @@ def _report_parallel(
         else:
             tail = "the live views are unchanged"
         err_console.print(f"error: {errors[0]}; {tail}", markup=False, highlight=False)
-        raise typer.Exit(EXIT_FAILED)
+        damaged = any(o[0] == "damaged" for o in outcome.values())
+        raise typer.Exit(EXIT_DAMAGED if damaged else EXIT_FAILED)
     if len(swapped) < len(groups):
         err_console.print("rebuild interrupted; the live views are unchanged")
         raise typer.Exit(EXIT_INTERRUPTED if interrupted else EXIT_FAILED)

@@ -71,14 +71,15 @@ class Store:
     def position(self, originator: uuid.UUID, version: int) -> int:
         column = "rowid" if self.backend == "sqlite" else "notification_id"
         [(position,)] = self.sql(
-            f"SELECT {column} FROM {{events}} WHERE originator_id = ? AND originator_version = ?",
+            f"SELECT {column} FROM {{events}} "  # noqa: S608 - a column name of ours
+            "WHERE originator_id = ? AND originator_version = ?",
             (self.key(originator), version),
         )
         return int(position)
 
 
 @pytest.fixture
-def store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Store]:
+def store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
     """An account with a user who has logged in a few times (versions 1..6)."""
     schema = request.getfixturevalue("pg_schema") if backend == "postgres" else None
     home = tmp_path / "home"
@@ -103,7 +104,7 @@ def store(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Itera
     for _ in range(4):
         ledger.login(c.Login(username="alice", password=PASSWORD), ctx)
     ledger.close()
-    yield Store(backend, home, schema, env)
+    return Store(backend, home, schema, env)
 
 
 @pytest.fixture

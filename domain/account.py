@@ -6,7 +6,6 @@ domains' DKIM keys and the 2FA policy.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import uuid
 from datetime import datetime, timedelta
@@ -25,7 +24,13 @@ from domain.errors import (
     UnknownApiKeyError,
     UnknownDkimKeyError,
 )
-from domain.rules import check_not_covered, ip_in_networks, parse_cidr
+from domain.rules import (
+    check_not_covered,
+    ip_in_networks,
+    normalise_ip,
+    normalise_network,
+    parse_cidr,
+)
 from domain.secrets import ApiKeyCodec, IssuedApiKey, KeyRing, generate_dkim_key
 from domain.values import (
     AccountKind,
@@ -52,6 +57,7 @@ class Account(Aggregate):
 
     class Opened(Event, Aggregate.Created):
         TOPIC = "secstate.Account.Opened"
+        class_version = 1
         name: str
         kind: str
         display_name: str
@@ -69,6 +75,7 @@ class Account(Aggregate):
 
     class TwoFactorPolicyChanged(Event):
         TOPIC = "secstate.Account.TwoFactorPolicyChanged"
+        class_version = 1
         required: bool
 
         def apply(self, account: Account) -> None:
@@ -76,6 +83,7 @@ class Account(Aggregate):
 
     class MemberAdded(Event):
         TOPIC = "secstate.Account.MemberAdded"
+        class_version = 1
         user_id: str
         username: str
         role: str
@@ -87,6 +95,7 @@ class Account(Aggregate):
 
     class AllowlistEntryAdded(Event):
         TOPIC = "secstate.Account.AllowlistEntryAdded"
+        class_version = 1
         entry_id: str
         cidr: str
         label: str
@@ -102,6 +111,7 @@ class Account(Aggregate):
 
     class AllowlistEntryRemoved(Event):
         TOPIC = "secstate.Account.AllowlistEntryRemoved"
+        class_version = 1
         entry_id: str
         cidr: str
         forced: bool
@@ -111,6 +121,7 @@ class Account(Aggregate):
 
     class ControlPanelAccessAllowed(Event):
         TOPIC = "secstate.Account.ControlPanelAccessAllowed"
+        class_version = 1
         ip: str
         entry_id: str | None  # None: the allowlist is empty, so every IP may enter
 
@@ -119,6 +130,7 @@ class Account(Aggregate):
 
     class ControlPanelAccessDenied(Event):
         TOPIC = "secstate.Account.ControlPanelAccessDenied"
+        class_version = 1
         ip: str
 
         def apply(self, account: Account) -> None:
@@ -126,6 +138,7 @@ class Account(Aggregate):
 
     class ApiKeyCreated(Event):
         TOPIC = "secstate.Account.ApiKeyCreated"
+        class_version = 1
         key_id: str
         name: str
         scopes: list[str]
@@ -145,6 +158,7 @@ class Account(Aggregate):
 
     class ApiKeyRevoked(Event):
         TOPIC = "secstate.Account.ApiKeyRevoked"
+        class_version = 1
         key_id: str
         reason: str
 
@@ -156,6 +170,7 @@ class Account(Aggregate):
 
     class DkimKeyGenerated(Event):
         TOPIC = "secstate.Account.DkimKeyGenerated"
+        class_version = 1
         domain: str
         selector: str
         algorithm: str
@@ -177,6 +192,7 @@ class Account(Aggregate):
 
     class DkimKeyPublished(Event):
         TOPIC = "secstate.Account.DkimKeyPublished"
+        class_version = 1
         domain: str
         selector: str
 
@@ -187,6 +203,7 @@ class Account(Aggregate):
 
     class DkimKeyActivated(Event):
         TOPIC = "secstate.Account.DkimKeyActivated"
+        class_version = 1
         domain: str
         selector: str
 
@@ -197,6 +214,7 @@ class Account(Aggregate):
 
     class DkimKeyRetired(Event):
         TOPIC = "secstate.Account.DkimKeyRetired"
+        class_version = 1
         domain: str
         selector: str
         reason: str
@@ -270,7 +288,7 @@ class Account(Aggregate):
         if ref in self.allowlist:
             return self.allowlist[ref]
         try:
-            wanted = str(ipaddress.ip_network(ref.strip(), strict=False))
+            wanted = str(normalise_network(ref, strict=False))
         except ValueError:
             wanted = None
         for entry in self.allowlist.values():
@@ -306,7 +324,7 @@ class Account(Aggregate):
         return entry_id is not None, entry_id
 
     def check_control_panel_access(self, ip: str, stamp: Stamp) -> bool:
-        ip = str(ipaddress.ip_address(ip))
+        ip = normalise_ip(ip)
         allowed, entry_id = self.allowlist_decision(ip)
         if allowed:
             self._emit(self.ControlPanelAccessAllowed, stamp, ip=ip, entry_id=entry_id)
@@ -453,6 +471,7 @@ class ApiKeyIndex(Aggregate):
 
     class Indexed(Event, Aggregate.Created):
         TOPIC = "secstate.ApiKeyIndex.Indexed"
+        class_version = 1
         key_id: str
         account_id: uuid.UUID
 
@@ -467,6 +486,7 @@ class ApiKeyIndex(Aggregate):
         """The key authenticated a request (recorded at most once per interval and place)."""
 
         TOPIC = "secstate.ApiKeyIndex.Used"
+        class_version = 1
         key_id: str
         account_id: uuid.UUID
 
@@ -479,6 +499,7 @@ class ApiKeyIndex(Aggregate):
         """The key id was presented with a wrong secret, or after the key was revoked."""
 
         TOPIC = "secstate.ApiKeyIndex.UseRefused"
+        class_version = 1
         key_id: str
         account_id: uuid.UUID
         reason: str

@@ -27,6 +27,7 @@ class CredentialAttempt(Aggregate):
         """A check (``login``, ``password_change``, ``totp_confirmation``) named no user."""
 
         TOPIC = "secstate.CredentialAttempt.UnknownUserRefused"
+        class_version = 1
         username: str
         check: str
 
@@ -41,6 +42,7 @@ class CredentialAttempt(Aggregate):
         """
 
         TOPIC = "secstate.CredentialAttempt.UnknownApiKeyRefused"
+        class_version = 1
         key_id: str | None
         reason: str
 

@@ -6,7 +6,7 @@ names every bad field. Secret fields are SecretStr so they never show in a repr.
 
 from __future__ import annotations
 
-import ipaddress
+import re
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 from domain.errors import InvalidCommandError
+from domain.rules import normalise_ip, normalise_network
+from domain.text import MAX_LABEL, MAX_REASON, MAX_SECRET, check_plain_text
 from domain.values import AccountKind, Role
 
 Strip = StringConstraints(strip_whitespace=True)
@@ -28,16 +30,23 @@ Strip = StringConstraints(strip_whitespace=True)
 
 def _check_cidr(text: str) -> str:
     try:
-        return str(ipaddress.ip_network(text.strip(), strict=True))
+        return str(normalise_network(text, strict=True))
     except ValueError as e:
         raise ValueError(f"not a valid CIDR network ({e})") from None
 
 
 def _check_ip(text: str) -> str:
+    return normalise_ip(text)
+
+
+def _check_entry_ref(text: str) -> str:
+    """An allowlist entry's id, or a CIDR naming it."""
+    if re.fullmatch(r"ale_[0-9a-f]{12}", text):
+        return text
     try:
-        return str(ipaddress.ip_address(text.strip()))
+        return str(normalise_network(text, strict=False))
     except ValueError:
-        raise ValueError(f"{text!r} is not an IPv4 or IPv6 address") from None
+        raise ValueError("must be an allowlist entry id (ale_...) or a CIDR network") from None
 
 
 AccountName = Annotated[
@@ -53,9 +62,21 @@ Username = Annotated[
     Strip,
     Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]{1,127}$", description="2-128 chars"),
 ]
-Email = Annotated[str, Strip, Field(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$", max_length=254)]
-Label = Annotated[str, Strip, Field(min_length=1, max_length=200)]
-Reason = Annotated[str, Strip, Field(min_length=1, max_length=500)]
+Email = Annotated[
+    str,
+    Strip,
+    Field(pattern=r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$", max_length=254),
+    AfterValidator(check_plain_text),
+]
+# Names, labels and reasons: plain printable text (see domain.text), bounded.
+Label = Annotated[
+    str, Strip, Field(min_length=1, max_length=MAX_LABEL), AfterValidator(check_plain_text)
+]
+Reason = Annotated[
+    str, Strip, Field(min_length=1, max_length=MAX_REASON), AfterValidator(check_plain_text)
+]
+# A password, code or token as read at the edge: bounded before anything looks at it.
+Secret = Annotated[SecretStr, Field(max_length=MAX_SECRET)]
 Cidr = Annotated[str, Strip, AfterValidator(_check_cidr)]
 IpAddress = Annotated[str, Strip, AfterValidator(_check_ip)]
 Scope = Annotated[str, Strip, Field(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")]
@@ -71,6 +92,7 @@ Selector = Annotated[str, Strip, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-
 CampaignId = Annotated[str, Strip, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$")]
 TotpCode = Annotated[str, Strip, Field(pattern=r"^[0-9]{6}$")]  # \d would admit non-ASCII digits
 KeyId = Annotated[str, Strip, Field(pattern=r"^[0-9A-Za-z]{12}$")]
+MAX_RECORDS = 10**12  # records touched by one staff access: beyond any real export
 
 
 class Command(BaseModel):
@@ -93,19 +115,19 @@ class RegisterUser(Command):
     account: AccountName
     username: Username
     email: Email
-    password: SecretStr
+    password: Secret
     role: Role = Role.OWNER
 
 
 class SetPassword(Command):
     username: Username
-    password: SecretStr
+    password: Secret
 
 
 class ChangePassword(Command):
     username: Username
-    current_password: SecretStr
-    new_password: SecretStr
+    current_password: Secret
+    new_password: Secret
 
 
 class RequirePasswordReset(Command):
@@ -140,14 +162,14 @@ class RequirePasswordResets(Command):
 
 class CompletePasswordReset(Command):
     username: Username
-    new_password: SecretStr
+    new_password: Secret
 
 
 class Login(Command):
     username: Username
-    password: SecretStr
+    password: Secret
     totp_code: TotpCode | None = None
-    recovery_code: SecretStr | None = None
+    recovery_code: Secret | None = None
 
 
 class UnlockUser(Command):
@@ -176,7 +198,7 @@ class RevokeApiKey(Command):
 
 
 class AuthenticateApiKey(Command):
-    token: SecretStr
+    token: Secret
 
 
 class StartTotpEnrolment(Command):
@@ -209,7 +231,12 @@ class AddAllowlistEntry(Command):
 
 class RemoveAllowlistEntry(Command):
     account: AccountName
-    entry: Annotated[str, Strip, Field(min_length=1, max_length=64, description="entry id or CIDR")]
+    entry: Annotated[
+        str,
+        Strip,
+        Field(min_length=1, max_length=64, description="entry id or CIDR"),
+        AfterValidator(_check_entry_ref),
+    ]
     force: bool = False
 
 
@@ -246,10 +273,14 @@ class RetireDkimKey(DkimKeyRef):
 
 class RecordStaffAccess(Command):
     username: Username
-    system: Annotated[str, Strip, Field(min_length=1, max_length=100)]
-    resource: Annotated[str, Strip, Field(min_length=1, max_length=200)]
+    system: Annotated[
+        str, Strip, Field(min_length=1, max_length=100), AfterValidator(check_plain_text)
+    ]
+    resource: Annotated[
+        str, Strip, Field(min_length=1, max_length=MAX_LABEL), AfterValidator(check_plain_text)
+    ]
     action: Literal["read", "export", "write", "delete"] = "read"
-    records: Annotated[int, Field(ge=0)]
+    records: Annotated[int, Field(ge=0, le=MAX_RECORDS)]
     customer_accounts: list[AccountName] = Field(default_factory=list)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
+
+from domain.rules import normalise_ip
+from domain.text import bound_user_agent, check_actor_id, check_request_id
 
 
 class ActorKind(StrEnum):
@@ -53,17 +55,21 @@ class Actor:
     def __str__(self) -> str:
         return f"{self.kind.value}:{self.id}"
 
+    def __post_init__(self) -> None:
+        check_actor_id(self.id)
+
     @classmethod
     def parse(cls, text: str) -> Actor:
         """Parse ``kind:id`` (e.g. ``staff:e-042``)."""
         kind, sep, ident = text.partition(":")
         if not sep or not ident:
-            raise ValueError(f"actor must look like KIND:ID, got {text!r}")
+            raise ValueError(f"actor must look like KIND:ID, got {text[:80]!r}")
         try:
-            return cls(ActorKind(kind), ident)
+            actor_kind = ActorKind(kind)
         except ValueError:
             kinds = ", ".join(k.value for k in ActorKind)
-            raise ValueError(f"actor kind {kind!r} is not one of {kinds}") from None
+            raise ValueError(f"actor kind {kind[:40]!r} is not one of {kinds}") from None
+        return cls(actor_kind, ident)
 
 
 SYSTEM_ACTOR = Actor(ActorKind.SYSTEM, "secstate")
@@ -79,9 +85,19 @@ class RequestContext:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def __post_init__(self) -> None:
+        """Normalise and check the context; ValueError naming the field if it is bad."""
         if self.source_ip is not None:
-            # Normalise so filters compare like with like; raises ValueError on junk.
-            object.__setattr__(self, "source_ip", str(ipaddress.ip_address(self.source_ip)))
+            # One form everywhere, so filters and allowlists compare like with like.
+            try:
+                object.__setattr__(self, "source_ip", normalise_ip(self.source_ip))
+            except ValueError as e:
+                raise ValueError(f"source IP: {e}") from None
+        # Never refused: a user agent is the remote party's to choose (see domain.text).
+        object.__setattr__(self, "user_agent", bound_user_agent(self.user_agent))
+        try:
+            check_request_id(self.request_id)
+        except ValueError as e:
+            raise ValueError(f"{e}, got {self.request_id[:80]!r}") from None
 
     def event_fields(self, occurred_at: datetime) -> dict[str, Any]:
         return {

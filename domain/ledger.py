@@ -56,6 +56,7 @@ from domain.errors import (
 )
 from domain.mapper import TrustedMapper
 from domain.replay import replay
+from domain.rules import MAX_PASSWORD_LENGTH
 from domain.secrets import (
     ApiKeyCodec,
     KeyRing,
@@ -555,7 +556,7 @@ class Ledger(Application[uuid.UUID]):
                 self.lockout_threshold,
                 s,
             ),
-            unknown_costs=lambda: self.hasher.verify_nothing(c.current_password.get_secret_value()),
+            unknown_costs=lambda: self._spend_a_check(c.current_password.get_secret_value()),
         )
 
     def _check_secret(
@@ -585,6 +586,12 @@ class Ledger(Application[uuid.UUID]):
         if not outcome.allowed:
             raise CheckRefusedError(check, username, outcome.reason or "refused")
         return outcome
+
+    def _spend_a_check(self, password: str) -> None:
+        """What checking a real user's password would cost, so timing does not tell which
+        usernames exist (an oversized guess is refused unhashed for real users too)."""
+        if len(password) <= MAX_PASSWORD_LENGTH:
+            self.hasher.verify_nothing(password)
 
     def _record_attempt(
         self, make: Callable[[Stamp], CredentialAttempt], ctx: RequestContext
@@ -622,8 +629,7 @@ class Ledger(Application[uuid.UUID]):
             try:
                 user = self.get_user(c.username)
             except UnknownUserError:
-                # Spend what a real check would, so timing does not tell who exists.
-                self.hasher.verify_nothing(c.password.get_secret_value())
+                self._spend_a_check(c.password.get_secret_value())
                 self._record_attempt(
                     lambda s: CredentialAttempt.unknown_user(c.username, "login", s), ctx
                 )

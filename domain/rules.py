@@ -55,10 +55,45 @@ def check_not_current_password(matches_current: bool) -> None:
         raise PasswordReuseError("new password must differ from the current password")
 
 
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def normalise_ip(text: str) -> str:
+    """The one text form of an address everywhere: compressed, an IPv4-mapped IPv6
+    address (``::ffff:198.51.100.7``) as the IPv4 address it is; ValueError if bad.
+
+    A zone id (``fe80::1%eth0``) means something only on the host that saw it: refused.
+    """
+    value = text.strip()
+    if "%" in value:
+        raise ValueError(f"{value!r} has a zone id (%...); give the address without it")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 or IPv6 address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+def normalise_network(text: str, *, strict: bool = True) -> IPNetwork:
+    """A network in the one form: an IPv4-mapped IPv6 network (``::ffff:198.51.100.0/120``)
+    as the IPv4 network it is. ``strict``: host bits must be zero. ValueError if bad."""
+    value = text.strip()
+    if "%" in value:
+        raise ValueError(f"{value!r} has a zone id (%...); give the network without it")
+    network = ipaddress.ip_network(value, strict=strict)
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(_V4_MAPPED):
+        return ipaddress.IPv4Network(
+            (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96)
+        )
+    return network
+
+
 def parse_cidr(text: str) -> IPNetwork:
     """A strict network: host bits must be zero (``10.0.0.1/8`` is refused, not guessed)."""
     try:
-        return ipaddress.ip_network(text.strip(), strict=True)
+        return normalise_network(text, strict=True)
     except ValueError as e:
         raise InvalidCidrError(f"invalid CIDR {text!r}: {e}") from None
 
@@ -75,7 +110,7 @@ def check_not_covered(new: IPNetwork, existing: dict[str, str]) -> None:
 
 def ip_in_networks(ip: str, cidrs: dict[str, str]) -> str | None:
     """The id of the first entry whose network holds ``ip``, else None."""
-    addr = ipaddress.ip_address(ip)
+    addr = ipaddress.ip_address(normalise_ip(ip))
     for entry_id, cidr in cidrs.items():
         if addr in ipaddress.ip_network(cidr):
             return entry_id

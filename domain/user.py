@@ -22,7 +22,7 @@ from domain.errors import (
     UserNotDisabledError,
     UserNotLockedError,
 )
-from domain.rules import check_not_current_password, check_password_strength
+from domain.rules import MAX_PASSWORD_LENGTH, check_not_current_password, check_password_strength
 from domain.secrets import (
     KeyRing,
     PasswordHasher,
@@ -107,6 +107,12 @@ class ResetStatus:
         return ResetStatus(True, campaign_id, campaigns)
 
 
+def _may_be_password(text: str) -> bool:
+    """Longer than any password the policy lets be set: a wrong guess without hashing it
+    (still recorded and counted), so an oversized guess costs no argon2 time."""
+    return len(text) <= MAX_PASSWORD_LENGTH
+
+
 def totp_aad(user_id: uuid.UUID, factor_id: str) -> bytes:
     return f"totp:{user_id}:{factor_id}".encode()
 
@@ -119,6 +125,7 @@ class User(Aggregate):
 
     class Registered(Event, Aggregate.Created):
         TOPIC = "secstate.User.Registered"
+        class_version = 1
         account_id: uuid.UUID
         username: str
         email: str
@@ -148,6 +155,7 @@ class User(Aggregate):
         """An administrator or the registration flow set the password."""
 
         TOPIC = "secstate.User.PasswordSet"
+        class_version = 1
         password_hash: str
 
         def apply(self, user: User) -> None:
@@ -158,6 +166,7 @@ class User(Aggregate):
         """The user changed the password, proving the current one."""
 
         TOPIC = "secstate.User.PasswordChanged"
+        class_version = 1
         password_hash: str
 
         def apply(self, user: User) -> None:
@@ -168,6 +177,7 @@ class User(Aggregate):
         """Same password, hashed again with the current argon2 parameters on login."""
 
         TOPIC = "secstate.User.PasswordRehashed"
+        class_version = 1
         password_hash: str
 
         def apply(self, user: User) -> None:
@@ -175,6 +185,7 @@ class User(Aggregate):
 
     class PasswordResetRequired(Event):
         TOPIC = "secstate.User.PasswordResetRequired"
+        class_version = 1
         reason: str
         campaign_id: str | None
 
@@ -187,6 +198,7 @@ class User(Aggregate):
 
     class PasswordResetCompleted(Event):
         TOPIC = "secstate.User.PasswordResetCompleted"
+        class_version = 1
         password_hash: str
         campaign_id: str | None
 
@@ -199,6 +211,7 @@ class User(Aggregate):
 
     class LoginSucceeded(Event):
         TOPIC = "secstate.User.LoginSucceeded"
+        class_version = 1
         method: str
         factor_id: str | None
         totp_step: int | None
@@ -212,6 +225,7 @@ class User(Aggregate):
 
     class LoginFailed(Event):
         TOPIC = "secstate.User.LoginFailed"
+        class_version = 1
         reason: str
         counts_toward_lockout: bool
 
@@ -223,6 +237,7 @@ class User(Aggregate):
         """A password change was refused; a wrong current password counts as a guess."""
 
         TOPIC = "secstate.User.PasswordChangeFailed"
+        class_version = 1
         reason: str
         counts_toward_lockout: bool
 
@@ -234,6 +249,7 @@ class User(Aggregate):
         """A TOTP enrolment was not confirmed; a wrong code counts as a guess."""
 
         TOPIC = "secstate.User.TotpConfirmationFailed"
+        class_version = 1
         factor_id: str
         reason: str
         counts_toward_lockout: bool
@@ -244,6 +260,7 @@ class User(Aggregate):
 
     class UserLocked(Event):
         TOPIC = "secstate.User.UserLocked"
+        class_version = 1
         failed_logins: int
 
         def apply(self, user: User) -> None:
@@ -251,6 +268,7 @@ class User(Aggregate):
 
     class UserUnlocked(Event):
         TOPIC = "secstate.User.UserUnlocked"
+        class_version = 1
 
         def apply(self, user: User) -> None:
             user.locked = False
@@ -258,6 +276,7 @@ class User(Aggregate):
 
     class UserDisabled(Event):
         TOPIC = "secstate.User.UserDisabled"
+        class_version = 1
         reason: str
 
         def apply(self, user: User) -> None:
@@ -265,12 +284,14 @@ class User(Aggregate):
 
     class UserEnabled(Event):
         TOPIC = "secstate.User.UserEnabled"
+        class_version = 1
 
         def apply(self, user: User) -> None:
             user.disabled = False
 
     class TotpEnrolmentStarted(Event):
         TOPIC = "secstate.User.TotpEnrolmentStarted"
+        class_version = 1
         factor_id: str
         label: str
         sealed_seed: str
@@ -286,6 +307,7 @@ class User(Aggregate):
 
     class TotpEnrolmentConfirmed(Event):
         TOPIC = "secstate.User.TotpEnrolmentConfirmed"
+        class_version = 1
         factor_id: str
         totp_step: int
 
@@ -296,6 +318,7 @@ class User(Aggregate):
 
     class SecondFactorRemoved(Event):
         TOPIC = "secstate.User.SecondFactorRemoved"
+        class_version = 1
         factor_id: str
         kind: str
         reason: str
@@ -305,6 +328,7 @@ class User(Aggregate):
 
     class RecoveryCodesGenerated(Event):
         TOPIC = "secstate.User.RecoveryCodesGenerated"
+        class_version = 1
         code_hashes: list[str]
 
         def apply(self, user: User) -> None:
@@ -312,6 +336,7 @@ class User(Aggregate):
 
     class RecoveryCodeUsed(Event):
         TOPIC = "secstate.User.RecoveryCodeUsed"
+        class_version = 1
         index: int
 
         def apply(self, user: User) -> None:
@@ -323,6 +348,7 @@ class User(Aggregate):
         """A staff employee read or changed an internal system: the breach trail."""
 
         TOPIC = "secstate.User.InternalSystemAccessed"
+        class_version = 1
         system: str
         resource: str
         action: str
@@ -441,7 +467,11 @@ class User(Aggregate):
         reason = self._refusal_before_checking()
         if reason is None and stored is None:
             reason = LoginFailure.NO_PASSWORD
-        if reason is None and stored is not None and not hasher.verify(stored, current):
+        if (
+            reason is None
+            and stored is not None
+            and not (_may_be_password(current) and hasher.verify(stored, current))
+        ):
             reason = LoginFailure.BAD_PASSWORD
         if reason is not None or stored is None:
             return self._fail(
@@ -547,7 +577,7 @@ class User(Aggregate):
             return self._fail(LoginFailure.USER_LOCKED, lockout_threshold, stamp)
         if self.password_hash is None:
             return self._fail(LoginFailure.NO_PASSWORD, lockout_threshold, stamp)
-        if not hasher.verify(self.password_hash, password):
+        if not _may_be_password(password) or not hasher.verify(self.password_hash, password):
             return self._fail(LoginFailure.BAD_PASSWORD, lockout_threshold, stamp)
         if self.reset_required:
             return self._fail(LoginFailure.RESET_REQUIRED, lockout_threshold, stamp)

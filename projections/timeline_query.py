@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from domain.context import Actor, ActorKind
 from domain.errors import InvalidCommandError
+from domain.rules import normalise_ip, normalise_network
+from domain.text import check_actor_id
 from domain.values import ContextEvent, natural_id
 from projections.base import Dialect, ViewDB
 from projections.timeline import IDS, TIMELINE, TOUCH, from_micros, ip_to_bytes, to_micros
@@ -63,6 +65,9 @@ class TimelineFilter:
     order: Order = "asc"
 
 
+MAX_POSITION = 2**63 - 1  # what a SQLite INTEGER or PostgreSQL bigint holds
+
+
 def known_event_types() -> list[str]:
     """Every event type name of secstate's aggregates (``User.LoginFailed`` style)."""
     seen: set[str] = set()
@@ -89,6 +94,9 @@ def resolve_types(patterns: Iterable[str]) -> tuple[tuple[str, ...], list[str]]:
         if not pattern:
             problems.append("--type: empty pattern")
             continue
+        if len(pattern) > 100:
+            problems.append("--type: a pattern is longer than 100 characters")
+            continue
         matched = [lowered[n] for n in fnmatch.filter(lowered, pattern.lower())]
         if not matched:
             problems.append(
@@ -99,33 +107,41 @@ def resolve_types(patterns: Iterable[str]) -> tuple[tuple[str, ...], list[str]]:
 
 
 def parse_time(text: str) -> datetime:
-    """ISO 8601 date or date-time; without an offset it is taken as UTC."""
+    """ISO 8601 date or date-time; without an offset it is taken as UTC. ValueError if it
+    is not one, or lies outside what UTC can hold (year 1 minus an offset, say)."""
     value = text.strip()
+    if len(value) > 64:
+        raise ValueError("too long for a time")
     if value.endswith(("z", "Z")):
         value = value[:-1] + "+00:00"
     moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("outside the years 1 to 9999 in UTC") from None
 
 
 def parse_ip(text: str) -> IpRange:
     """An address (``203.0.113.7``) or a network (``2001:db8::/32``); ValueError if bad."""
-    value = text.strip()
+    value = text.strip()[:100]
+    # One form for addresses everywhere (domain.rules): ::ffff:198.51.100.0/120 is the
+    # IPv4 network 198.51.100.0/24, as the ledger stores and the allowlist checks it.
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
     if "/" in value:
         try:
-            network = ipaddress.ip_network(value, strict=True)
+            network = normalise_network(value, strict=True)
         except ValueError as e:
             if "host bits set" in str(e):
-                fixed = ipaddress.ip_network(value, strict=False)
+                fixed = normalise_network(value, strict=False)
                 raise ValueError(f"{value!r} has host bits set; did you mean {fixed}?") from None
             raise ValueError(f"{value!r} is not a valid CIDR network: {e}") from None
     else:
         try:
-            address = ipaddress.ip_address(value)
+            network = ipaddress.ip_network(normalise_ip(value))
         except ValueError:
             raise ValueError(f"{value!r} is not an IPv4 or IPv6 address or network") from None
-        network = ipaddress.ip_network(address)
     low = ip_to_bytes(str(network.network_address))
     high = ip_to_bytes(str(network.broadcast_address))
     exclude_v4 = (
@@ -140,7 +156,7 @@ def parse_actor(text: str) -> tuple[str | None, str]:
     if not value:
         raise ValueError("actor is empty")
     if ":" not in value:
-        return None, value
+        return None, check_actor_id(value)
     actor = Actor.parse(value)
     return actor.kind.value, actor.id
 
@@ -201,9 +217,9 @@ def parse_filter(
             f"--since ({bounds['since'].isoformat()}) is after --until "
             f"({bounds['until'].isoformat()})"
         )
-    if limit is not None and limit < 0:
-        problems.append(f"--limit: must be 0 (no limit) or more, got {limit}")
-    if after is not None and after < 0:
+    if limit is not None and not 0 <= limit <= MAX_POSITION:
+        problems.append(f"--limit: must be 0 (no limit) or a positive count, got {limit}")
+    if after is not None and not 0 <= after <= MAX_POSITION:
         problems.append(f"--after: must be a position (0 or more), got {after}")
     if order not in ORDERS:
         problems.append(f"--order: must be asc or desc, got {order!r}")

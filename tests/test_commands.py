@@ -268,7 +268,9 @@ def test_cidr_must_be_a_strict_network(cidr: str, hint: str) -> None:
     [
         ("203.0.113.7", "203.0.113.7"),
         ("2001:DB8:0::1", "2001:db8::1"),
-        ("::ffff:203.0.113.7", "::ffff:cb00:7107"),
+        # one form everywhere: an IPv4-mapped address is the IPv4 address it maps
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("  198.51.100.7 ", "198.51.100.7"),
     ],
 )
 def test_ip_address_is_normalised(given: str, normalised: str) -> None:
@@ -281,3 +283,8 @@ def test_ip_address_must_be_a_single_address(ip: str) -> None:
     found = problems(c.CheckControlPanelAccess, account="acme", ip=ip)
     assert set(found) == {"ip"}
     assert "is not an IPv4 or IPv6 address" in found["ip"]
+
+
+def test_an_address_with_a_zone_id_is_refused_naming_it() -> None:
+    found = problems(c.CheckControlPanelAccess, account="acme", ip="fe80::1%eth0")
+    assert "has a zone id" in found["ip"]

@@ -13,6 +13,7 @@ the value it must have for old history; anything else that differs fails.
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,7 +26,12 @@ from fixture_store import golden, load_postgres, load_sqlite
 from secstate.bootstrap import build_ledger
 from secstate.cli import run
 
-FIXTURE = "history-v1"
+# Every fixture store, oldest first: each was written by the code of its time.
+FIXTURES = sorted(
+    path.name
+    for path in (Path(__file__).parent / "fixtures").iterdir()
+    if (path / "rows.jsonl").exists()
+)
 
 # Wherever these keys appear, they depend on the moment of reading, not on history.
 MOMENT_DEPENDENT = frozenset({"as_of", "password_age_days"})
@@ -72,7 +78,6 @@ def differences(expected: Any, actual: Any, where: str = "$") -> list[str]:
 
 def cli_json(home: Path, env: dict[str, str], *args: str) -> Any:
     import contextlib
-    import json
 
     saved = {k: v for k, v in os.environ.items() if k.startswith("SECSTATE_")}
     for key in saved:
@@ -100,8 +105,15 @@ def golden_argv() -> dict[str, list[str]]:
     return golden_commands()
 
 
+@pytest.fixture(params=FIXTURES)
+def fixture_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def fixture_env(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, str]:
+def fixture_env(
+    backend: str, fixture_name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> dict[str, str]:
     """A store holding the fixture's rows, and the environment that points the CLI at it."""
     home = tmp_path / "home"
     env = {
@@ -115,53 +127,59 @@ def fixture_env(backend: str, tmp_path: Path, request: pytest.FixtureRequest) ->
         env["SECSTATE_DATABASE_URL"] = f"{POSTGRES_URL}?schema={schema}"
         ledger = build_ledger(make_settings(backend, home, schema))  # creates the tables
         ledger.close()
-        load_postgres(FIXTURE, POSTGRES_URL, schema)
+        load_postgres(fixture_name, POSTGRES_URL, schema)
     else:
-        load_sqlite(FIXTURE, home / "ledger.sqlite3")
+        load_sqlite(fixture_name, home / "ledger.sqlite3")
     return env
 
 
-def test_the_fixture_store_written_before_the_hardening_reads_identically(
-    fixture_env: dict[str, str], tmp_path: Path
+def test_every_fixture_store_reads_as_the_code_that_wrote_it_read_it(
+    fixture_name: str, fixture_env: dict[str, str], tmp_path: Path
 ) -> None:
-    # given: the old rows in a fresh store, and what the old code answered for them
-    expected = golden(FIXTURE)
+    # given: old rows in a fresh store, and what the code of their time answered for them
+    expected = golden(fixture_name)
     commands = golden_argv()
     assert sorted(expected) == sorted(commands)
     # when: today's code answers the same questions
-    answers = {
-        name: cli_json(tmp_path, fixture_env, *argv) for name, argv in commands.items()
-    }
+    answers = {name: cli_json(tmp_path, fixture_env, *argv) for name, argv in commands.items()}
     # then
     problems = {
-        name: differences(normalise(expected[name]), normalise(answers[name]))
-        for name in commands
+        name: differences(normalise(expected[name]), normalise(answers[name])) for name in commands
     }
     assert {name: found[:10] for name, found in problems.items() if found} == {}
 
 
-def test_the_fixture_holds_every_event_type_and_a_snapshot() -> None:
-    # given
+def test_every_stored_class_and_class_version_is_in_a_fixture() -> None:
+    # given every row of every fixture
     from fixture_store import read_rows
 
-    from domain.account import Account, ApiKeyIndex
-    from domain.user import User
+    from domain.catalogue import EVENT_CLASSES
 
-    rows = read_rows(FIXTURE)
-    topics = {r.topic for r in rows if r.table == "events"}
-    # when
-    classes = {
-        getattr(cls, "TOPIC", None)
-        for aggregate in (Account, User, ApiKeyIndex)
-        for cls in vars(aggregate).values()
-        if isinstance(cls, type) and hasattr(cls, "TOPIC") and cls is not aggregate.Event
+    stored: set[tuple[str, int]] = set()
+    snapshots = 0
+    for name in FIXTURES:
+        for row in read_rows(name):
+            if row.table == "snapshots":
+                snapshots += 1
+                continue
+            version = json.loads(row.state).get("class_version", 1)
+            stored.add((row.topic, version))
+    # when: what today's catalogue can read
+    wanted = {
+        (topic, version)
+        for topic, cls in EVENT_CLASSES.items()
+        for version in range(1, cls.class_version + 1)
     }
-    classes.discard(None)
-    # then: every event class of that time is in the fixture (newer ones have their own)
-    v1_topics = {t for t in classes if t in topics or not t.endswith(".Event")}
-    assert v1_topics <= topics | NEWER_THAN_V1
-    assert any(r.table == "snapshots" for r in rows)
+    # then: each class, at each of its versions, was written by some release into a
+    # fixture (a new event type or class version needs a fixture of its own)
+    assert wanted - stored == set()
+    assert snapshots > 0
 
 
-# Event types added after history-v1 was written; each has a fixture of its own.
-NEWER_THAN_V1: set[str] = set()
+def test_every_event_class_declares_its_version_and_upcasters() -> None:
+    from domain.catalogue import EVENT_CLASSES
+
+    for topic, cls in EVENT_CLASSES.items():
+        assert "class_version" in vars(cls), f"{topic} declares no class_version"
+        for version in range(1, cls.class_version):
+            assert hasattr(cls, f"upcast_v{version}_v{version + 1}"), topic

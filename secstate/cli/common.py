@@ -20,6 +20,8 @@ from rich.table import Table
 from domain.context import Actor, RequestContext
 from domain.errors import DamagedHistoryError, InvalidCommandError
 from domain.ledger import Ledger
+from domain.rules import normalise_ip
+from domain.text import check_request_id
 from projections.base import Follower
 from secstate.bootstrap import build_ledger
 from secstate.settings import Settings
@@ -63,23 +65,33 @@ class CliState:
         return self._ledger
 
     def request_context(self) -> RequestContext:
+        """The root options as the context every event of this command carries; each bad
+        option is named (the user agent is kept as given, bounded: see domain.text)."""
         problems = []
+        actor = RequestContext().actor
         try:
             actor = Actor.parse(self.actor)
         except ValueError as e:
             problems.append(f"--actor: {e}")
-        try:
-            ctx = RequestContext(
-                actor=actor if not problems else RequestContext().actor,
-                source_ip=self.source_ip,
-                user_agent=self.user_agent,
-                **({"request_id": self.request_id} if self.request_id else {}),
-            )
-        except ValueError:
-            problems.append(f"--source-ip: {self.source_ip!r} is not an IPv4 or IPv6 address")
+        source_ip = None
+        if self.source_ip is not None:
+            try:
+                source_ip = normalise_ip(self.source_ip)
+            except ValueError as e:
+                problems.append(f"--source-ip: {e}")
+        if self.request_id is not None:
+            try:
+                check_request_id(self.request_id)
+            except ValueError as e:
+                problems.append(f"--request-id: {e}")
         if problems:
             raise InvalidCommandError("request context", problems)
-        return ctx
+        return RequestContext(
+            actor=actor,
+            source_ip=source_ip,
+            user_agent=self.user_agent,
+            **({"request_id": self.request_id} if self.request_id else {}),
+        )
 
     def locate(self, error: DamagedHistoryError) -> DamagedHistoryError:
         """``error`` naming the log position of its row, if the ledger was opened."""

@@ -12,16 +12,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
+from pydantic import Field
 from rich.console import Group
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from domain.commands import AccountName, Command, parse_command
 from domain.errors import InvalidCommandError, UnknownAccountError
 from projections.base import Follower, FollowerStatus
 from projections.history import HistoryEntry, SubjectKind, history
-from projections.pointintime import as_utc, state_at
+from projections.pointintime import state_at
 from projections.state import Document, StateView
+from projections.timeline_query import parse_time as iso_time
 from secstate.bootstrap import open_view_db
 from secstate.cli.common import (
     STATE,
@@ -41,12 +44,20 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 def parse_time(text: str, option: str, command: str) -> datetime:
     """ISO 8601; a time without offset is UTC. Bad text is refused naming the option."""
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+        return iso_time(text)
+    except ValueError as e:
         raise InvalidCommandError(
-            command, [f"{option}: {text!r} is not an ISO 8601 time (e.g. {TIME_EXAMPLE})"]
+            command,
+            [f"{option}: {text[:80]!r} is not an ISO 8601 time ({e}; e.g. {TIME_EXAMPLE})"],
         ) from None
-    return as_utc(moment)
+
+
+class _SubjectQuery(Command):
+    """An account name or a username given to a read command, checked as either."""
+
+    ref: Annotated[
+        str, Field(min_length=2, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@+-]+$")
+    ]
 
 
 def cell(value: Any) -> Text:
@@ -77,6 +88,10 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
 
 
 # --- state --------------------------------------------------------------------------------
+
+
+class AccountQuery(Command):
+    account: AccountName
 
 
 def catch_up_state(follower: Follower) -> None:
@@ -260,6 +275,7 @@ def state_command(
     json_out: JsonOption = False,
 ) -> None:
     """Show an account's security state: users, 2FA, API keys, allowlist, DKIM keys."""
+    account = parse_command(AccountQuery, account=account).account
     source: dict[str, Any]
     if at is not None:
         moment = parse_time(at, "--at", "state")
@@ -334,6 +350,7 @@ def history_command(
         problems.append(f"--since ({start.isoformat()}) is after --until ({end.isoformat()})")
     if problems:
         raise InvalidCommandError("history", problems)
+    ref = parse_command(_SubjectQuery, ref=ref).ref
     force: SubjectKind | None = "user" if as_user else "account" if as_account else None
     kind, entries = history(STATE.ledger, ref, start, end, force)
     if json_out:

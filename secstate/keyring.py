@@ -101,8 +101,7 @@ class SealedValue:
 
     def __repr__(self) -> str:
         return (
-            f"SealedValue(position={self.position}, topic={self.topic!r}, "
-            f"key_id={self.key_id!r})"
+            f"SealedValue(position={self.position}, topic={self.topic!r}, key_id={self.key_id!r})"
         )
 
 
@@ -143,8 +142,21 @@ def sealed_key_ids(ledger: Ledger) -> Counter[str]:
 
 
 def describe_usage(usage: Mapping[str, int]) -> str:
-    """``k1 (3), k2 (1)``: the key ids sealed values name, with their counts."""
-    return ", ".join(f"{key_id} ({count})" for key_id, count in sorted(usage.items()))
+    """``k1 (3 values), k2 (1 value)``: the key ids sealed values name, and how often."""
+    return ", ".join(
+        f"{key_id} ({count} value{'' if count == 1 else 's'})"
+        for key_id, count in sorted(usage.items())
+    )
+
+
+def restore_advice(settings: Settings) -> str:
+    """What to do when this host lacks the ring the store's sealed values need."""
+    if settings.uses_postgres:
+        return (
+            "set SECSTATE_KEYS to the ring the other hosts use (`secstate keys export` "
+            "there), or restore keyring.json from its backup"
+        )
+    return "restore keyring.json from its backup, or set SECSTATE_KEYS to the ring that sealed them"
 
 
 # --- SECSTATE_KEYS ------------------------------------------------------------------------
@@ -383,15 +395,12 @@ def check_may_create_ring(
             "restore keyring.json"
         )
     if usage and not accept_unreadable:
-        advice = (
-            "set SECSTATE_KEYS to the ring the other hosts use, or restore keyring.json "
-            "from its backup"
-        )
+        advice = restore_advice(settings)
         if not automatic:
             advice += "; --accept-unreadable makes a new ring anyway and leaves them sealed"
         raise NoKeyRingError(
-            f"{no_ring_here(settings)}, and the store holds {sum(usage.values())} value(s) "
-            f"sealed under {describe_usage(usage)}, which a new key would not open: {advice}"
+            f"{no_ring_here(settings)}, and the store holds values sealed under "
+            f"{describe_usage(usage)}, which a new key would not open: {advice}"
         )
     if automatic and settings.uses_postgres:
         raise NoKeyRingError(

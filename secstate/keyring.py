@@ -381,8 +381,7 @@ def check_may_create_ring(
     automatic: bool,
     accept_unreadable: bool = False,
 ) -> None:
-    """The creation rule: refuse a ring the store's sealed values would not open, and any
-    ring made without asking for a shared (PostgreSQL) store."""
+    """The creation rule: no ring the store's sealed values need, none unasked on PostgreSQL."""
     if settings.keys is not None:
         raise KeyRingExistsError(
             "the key ring comes from SECSTATE_KEYS; keyring.json would be ignored: add keys "

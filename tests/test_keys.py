@@ -689,3 +689,29 @@ def test_two_first_rings_at_once_leave_exactly_one(tmp_path: Path) -> None:
         write_ring_file(path, {"k2": KeyRing.generate_key()}, "k2", replace=False)
     assert path.read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keyring.json"]
+
+
+def test_keys_commands_refuse_what_they_cannot_do_in_one_line_and_change_nothing(
+    cli: Cli, new_host: Callable[[str], Host]
+) -> None:
+    # given a host with no ring, and one whose ring comes from SECSTATE_KEYS
+    bare = new_host("bare")
+    env = new_host("env")
+    env.extra = {"SECSTATE_KEYS": f"k1:{b64key()}"}
+    # when / then
+    assert_refused(cli(bare, "keys", "export"), "no key ring on this host", "nothing to export")
+    assert_refused(cli(bare, "keys", "activate", "k1"), "run `secstate keys init` first")
+    assert_refused(cli(bare, "keys", "remove", "k1"), "run `secstate keys init` first")
+    assert_refused(cli(bare, "keys", "generate", "--add"), "run `secstate keys init` first")
+    assert_refused(cli(env, "keys", "init"), "the key ring comes from SECSTATE_KEYS")
+    assert_refused(cli(env, "keys", "activate", "k1"), "set SECSTATE_ACTIVE_KEY_ID=k1")
+    assert_refused(cli(env, "keys", "remove", "k1"), "drop k1 from SECSTATE_KEYS")
+    assert not bare.ring_file.exists()
+    assert not env.ring_file.exists()
+    # and a file ring refuses to drop its only, active key, or an id it does not hold
+    cli.ok(bare, "keys", "init")
+    ring = read_ring_file(bare.ring_file)
+    before = bare.ring_file.read_bytes()
+    assert_refused(cli(bare, "keys", "remove", ring.active), "is the active key")
+    assert_refused(cli(bare, "keys", "remove", "k-none"), "key k-none is not in")
+    assert bare.ring_file.read_bytes() == before

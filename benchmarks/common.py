@@ -38,6 +38,7 @@ from eventsourcing.application import Application
 from domain.context import Clock
 from domain.ledger import Ledger
 from secstate.bootstrap import build_ledger, ensure_postgres_schema, store_env
+from secstate.keyring import create_ring_file
 from secstate.settings import Settings
 
 POSTGRES_URL = os.environ.get(
@@ -115,6 +116,7 @@ def fresh_store(backend: str, **settings: Any) -> Iterator[Store]:
         try:
             if schema is not None:
                 ensure_postgres_schema(store.settings)
+                create_ring_file(store.settings)  # a PostgreSQL store gets no ring by itself
             yield store
         finally:
             store.close()

@@ -196,7 +196,23 @@ class ConcurrencyConflictError(SecStateError):
 
 
 class SecretKeyError(SecStateError):
-    """A sealed secret cannot be opened: unknown key id or tampered ciphertext."""
+    """A secret cannot be sealed or opened: no usable key ring, a missing key, or damage."""
+
+
+class NoKeyRingError(SecretKeyError):
+    """This host has no key ring, and none may be created for its store here."""
+
+
+class MissingKeyError(SecretKeyError):
+    """A value is sealed under a key id the key ring does not hold."""
+
+
+class SealedValueTamperedError(SecretKeyError):
+    """A sealed value fails authentication under the key its id names."""
+
+
+class DuplicateKeyIdError(SecretKeyError):
+    """A key id appears more than once where a key ring is defined."""
 
 
 # --- stored history ----------------------------------------------------------

@@ -14,9 +14,9 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 import argon2
 import pyotp
@@ -26,60 +26,131 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from domain.errors import MalformedApiKeyError, SecretKeyError
+from domain.errors import (
+    MalformedApiKeyError,
+    MissingKeyError,
+    SealedValueTamperedError,
+    SecretKeyError,
+)
 
 # --- sealing (AES-GCM with key ids) ------------------------------------------
 
 _SEAL_VERSION = "v1"
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+KEY_BYTES = 32
+# A fingerprint names a key without revealing it: HMAC-SHA256 of this label under the
+# key, first 64 bits. Two keys of one id with different fingerprints are different keys.
+_FINGERPRINT_LABEL = b"secstate key fingerprint v1"
+FINGERPRINT_HEX_LEN = 16
+
+
+def key_fingerprint(key: bytes) -> str:
+    """The key's fingerprint: 16 hex digits of HMAC-SHA256(key, fixed label)."""
+    return hmac.new(key, _FINGERPRINT_LABEL, hashlib.sha256).hexdigest()[:FINGERPRINT_HEX_LEN]
+
+
+def new_key_id(moment: datetime) -> str:
+    """``k<YYYYMMDD>-<8 random hex>``: the UTC date for people, the random part so that
+    no two keys, on any host, ever share an id."""
+    if moment.tzinfo is None:
+        raise ValueError("a key id's date needs a timezone-aware moment")
+    return f"k{moment.astimezone(UTC):%Y%m%d}-{secrets.token_hex(4)}"
+
+
+def check_key_id(key_id: str) -> None:
+    """A key id is 1-64 of [A-Za-z0-9_-] (it travels in clear inside sealed values)."""
+    if not KEY_ID_PATTERN.fullmatch(key_id):
+        raise SecretKeyError(f"key id {key_id!r} must be 1-64 of [A-Za-z0-9_-]")
+
+
+def check_key_length(key_id: str, key: bytes) -> None:
+    """An AES-256 key is 32 bytes."""
+    if len(key) != KEY_BYTES:
+        raise SecretKeyError(f"key {key_id!r} must be {KEY_BYTES} bytes, got {len(key)}")
 
 
 class KeyRing:
     """Named AES-256 keys; seals under the active one, opens under any it holds.
 
     A sealed value is ``v1.<key id>.<base64url(nonce || ciphertext+tag)>``; the key id
-    in clear lets keys rotate: add a new key, make it active, re-seal at leisure.
+    in clear lets keys rotate: add a new key, make it active, keep the old ones.
+    ``source`` says where the keys came from, for error messages.
     """
 
-    def __init__(self, keys: Mapping[str, bytes], active_key_id: str) -> None:
+    def __init__(
+        self, keys: Mapping[str, bytes], active_key_id: str, *, source: str | None = None
+    ) -> None:
+        for key_id, key in keys.items():
+            check_key_id(key_id)
+            check_key_length(key_id, key)
         if active_key_id not in keys:
             raise SecretKeyError(f"active key id {active_key_id!r} is not in the key ring")
-        for key_id, key in keys.items():
-            if len(key) != 32:
-                raise SecretKeyError(f"key {key_id!r} must be 32 bytes, got {len(key)}")
-            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", key_id):
-                raise SecretKeyError(f"key id {key_id!r} must be 1-64 of [A-Za-z0-9_-]")
         self._keys = {k: AESGCM(v) for k, v in keys.items()}
-        self.active_key_id = active_key_id
+        self._fingerprints = {k: key_fingerprint(v) for k, v in keys.items()}
+        self._active = active_key_id
+        self._source = source
+
+    @property
+    def active_key_id(self) -> str:
+        return self._active
 
     @property
     def key_ids(self) -> list[str]:
         return sorted(self._keys)
 
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    def require(self) -> KeyRing:
+        """The ring itself, ready to use (a lazy ring loads here, or says why it cannot)."""
+        return self
+
+    def holds(self, key_id: str) -> bool:
+        return key_id in self._keys
+
+    def fingerprint(self, key_id: str) -> str:
+        if key_id not in self._fingerprints:
+            raise self._missing(key_id)
+        return self._fingerprints[key_id]
+
     def seal(self, plaintext: bytes, associated_data: bytes) -> str:
         nonce = secrets.token_bytes(12)
-        ct = self._keys[self.active_key_id].encrypt(nonce, plaintext, associated_data)
+        ct = self._keys[self._active].encrypt(nonce, plaintext, associated_data)
         blob = base64.urlsafe_b64encode(nonce + ct).decode().rstrip("=")
-        return f"{_SEAL_VERSION}.{self.active_key_id}.{blob}"
+        return f"{_SEAL_VERSION}.{self._active}.{blob}"
 
     def open(self, sealed: str, associated_data: bytes) -> bytes:
         version, key_id, blob = self.parse(sealed)
         if version != _SEAL_VERSION:
             raise SecretKeyError(f"unsupported sealed-value version {version!r}")
-        try:
-            aead = self._keys[key_id]
-        except KeyError:
-            raise SecretKeyError(f"sealed under unknown key id {key_id!r}") from None
+        if not KEY_ID_PATTERN.fullmatch(key_id):
+            raise SecretKeyError("sealed value names no valid key id: it is damaged")
+        aead = self._keys.get(key_id)
+        if aead is None:
+            raise self._missing(key_id)
         try:
             # Strict decoding: only seal() makes these, so anything else is damage.
             raw = base64.b64decode(blob + "=" * (-len(blob) % 4), altchars=b"-_", validate=True)
         except ValueError:
-            raise SecretKeyError(f"sealed value under key {key_id!r} is not valid base64") from None
+            raise SecretKeyError(f"sealed value under key {key_id} is not valid base64") from None
         try:
             return aead.decrypt(raw[:12], raw[12:], associated_data)
         except (InvalidTag, ValueError):  # ValueError: too short to hold a nonce
-            raise SecretKeyError(
-                f"sealed value under key {key_id!r} failed authentication"
+            raise SealedValueTamperedError(
+                f"sealed value under key {key_id} failed authentication: it was altered or "
+                f"moved, or the key named {key_id} here (fingerprint "
+                f"{self._fingerprints[key_id]}) is not the one that sealed it: compare "
+                "fingerprints with the other hosts and the backups"
             ) from None
+
+    def _missing(self, key_id: str) -> MissingKeyError:
+        where = f" ({self._source})" if self._source else ""
+        return MissingKeyError(
+            f"key {key_id} is missing from the key ring{where}: restore it from "
+            "the backup of SECSTATE_KEYS or keyring.json; rotation keeps old keys, so every "
+            "key that sealed a value must stay in the ring"
+        )
 
     @staticmethod
     def parse(sealed: str) -> tuple[str, str, str]:
@@ -95,6 +166,50 @@ class KeyRing:
     @staticmethod
     def generate_key() -> bytes:
         return AESGCM.generate_key(bit_length=256)
+
+
+class LazyKeyRing(KeyRing):
+    """A key ring loaded by ``load`` on first use, so work that needs no key needs no ring.
+
+    A failed load is not remembered: the next use tries again (a restored ring file, say).
+    """
+
+    def __init__(self, load: Callable[[], KeyRing]) -> None:  # no super(): nothing to hold yet
+        self._load = load
+        self._ring: KeyRing | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._ring is not None
+
+    def require(self) -> KeyRing:
+        if self._ring is None:
+            self._ring = self._load()
+        return self._ring
+
+    @property
+    def active_key_id(self) -> str:
+        return self.require().active_key_id
+
+    @property
+    def key_ids(self) -> list[str]:
+        return self.require().key_ids
+
+    @property
+    def source(self) -> str | None:
+        return self.require().source
+
+    def holds(self, key_id: str) -> bool:
+        return self.require().holds(key_id)
+
+    def fingerprint(self, key_id: str) -> str:
+        return self.require().fingerprint(key_id)
+
+    def seal(self, plaintext: bytes, associated_data: bytes) -> str:
+        return self.require().seal(plaintext, associated_data)
+
+    def open(self, sealed: str, associated_data: bytes) -> bytes:
+        return self.require().open(sealed, associated_data)
 
 
 # --- passwords -----------------------------------------------------------------

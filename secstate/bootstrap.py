@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import os
 import re
-from datetime import UTC, datetime, timedelta
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from domain.context import Clock
-from domain.errors import SecretKeyError
 from domain.ledger import Ledger
-from domain.secrets import ApiKeyCodec, Argon2Parameters, KeyRing, PasswordHasher
+from domain.secrets import ApiKeyCodec, Argon2Parameters, KeyRing, LazyKeyRing, PasswordHasher
 from projections.base import ViewDB
+from secstate import keyring
+from secstate.keyring import sealed_key_ids
 from secstate.settings import Settings
 
 if TYPE_CHECKING:
     import psycopg
-
-KEYRING_FILE = "keyring.json"
 
 
 def ensure_home(settings: Settings) -> Path:
@@ -74,43 +71,21 @@ def ledger_env(settings: Settings) -> dict[str, str]:
     return store_env(settings, "ledger.sqlite3")
 
 
-def load_keyring(settings: Settings) -> KeyRing:
-    """From SECSTATE_KEYS, else from the key ring file in home (created 0600 on first use)."""
-    if settings.keys is not None:
-        keys = parse_keys(settings.keys.get_secret_value())
-        active = settings.active_key_id or sorted(keys)[-1]
-        return KeyRing(keys, active)
-    path = ensure_home(settings) / KEYRING_FILE
-    if not path.exists():
-        key_id = "k" + datetime.now(UTC).strftime("%Y%m%d")
-        data = {
-            "active": key_id,
-            "keys": {key_id: base64.b64encode(KeyRing.generate_key()).decode()},
-        }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-    try:
-        data = json.loads(path.read_text())
-        keys = {k: base64.b64decode(v) for k, v in data["keys"].items()}
-        return KeyRing(keys, settings.active_key_id or data["active"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise SecretKeyError(f"key ring file {path} is unreadable: {e}") from None
+def load_keyring(settings: Settings, ledger: Ledger | None = None) -> KeyRing:
+    """This host's key ring, from SECSTATE_KEYS or keyring.json in home; a first one is
+    created only where ``secstate.keyring``'s creation rule allows. ``ledger`` is the
+    store to check for sealed values (a short-lived one is opened if it is not given)."""
 
-
-def parse_keys(text: str) -> dict[str, bytes]:
-    keys = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key_id, sep, b64 = part.partition(":")
-        if not sep:
-            raise SecretKeyError("SECSTATE_KEYS entries must look like KEY_ID:BASE64")
+    def usage() -> Counter[str]:
+        if ledger is not None:
+            return sealed_key_ids(ledger)
+        store = build_ledger(settings)
         try:
-            keys[key_id] = base64.b64decode(b64, validate=True)
-        except ValueError:
-            raise SecretKeyError(f"key {key_id!r} in SECSTATE_KEYS is not valid base64") from None
-    if not keys:
-        raise SecretKeyError("SECSTATE_KEYS holds no keys")
-    return keys
+            return sealed_key_ids(store)
+        finally:
+            store.close()
+
+    return keyring.load_keyring(settings, usage)
 
 
 def build_hasher(settings: Settings) -> PasswordHasher:
@@ -126,9 +101,10 @@ def build_hasher(settings: Settings) -> PasswordHasher:
 def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
     if settings.uses_postgres:
         ensure_postgres_schema(settings)
-    return Ledger(
+    # The ring is loaded when something first seals or opens a secret: readers need none.
+    ledger = Ledger(
         ledger_env(settings),
-        keyring=load_keyring(settings),
+        keyring=LazyKeyRing(lambda: load_keyring(settings, ledger)),
         hasher=build_hasher(settings),
         clock=clock,
         api_key_codec=ApiKeyCodec(settings.api_key_prefix),
@@ -139,6 +115,7 @@ def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
         totp_issuer=settings.totp_issuer,
         api_key_use_interval=timedelta(seconds=settings.api_key_use_interval),
     )
+    return ledger
 
 
 def open_view_db(settings: Settings, view_name: str) -> ViewDB:

@@ -1009,6 +1009,7 @@ def run_demo(
     try:
         store = settings.describe_store()
         check_store_is_empty(ledger, store)
+        ledger.keyring.require()  # the demo seals secrets: no key ring, no half-written demo
         sim = _Simulation(ledger, clock, options, settings.dkim_rsa_bits, progress)
         sim.run()
         elapsed = time.perf_counter() - started

@@ -29,8 +29,8 @@ class Settings(BaseSettings):
     )
     keys: SecretStr | None = Field(
         default=None,
-        description="application keys as KEY_ID:BASE64[,KEY_ID:BASE64...]; unset = key ring "
-        "file in home, created on first use",
+        description="application keys as KEY_ID:BASE64[,KEY_ID:BASE64...]; unset = "
+        "keyring.json in home (made by itself only for a SQLite store with no sealed value)",
     )
     active_key_id: str | None = Field(default=None, description="key id that seals new secrets")
 

@@ -7,6 +7,7 @@ backends were really exercised.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import pytest
 from domain.context import RequestContext, SteppedClock
 from domain.ledger import Ledger
 from secstate.bootstrap import build_ledger
+from secstate.keyring import create_ring_file
 from secstate.settings import Settings
 
 POSTGRES_URL = os.environ.get(
@@ -74,13 +76,24 @@ def pg_schema() -> Iterator[str]:
 
 
 def make_settings(
-    backend: str, home: Path, schema: str | None = None, **overrides: object
+    backend: str,
+    home: Path,
+    schema: str | None = None,
+    *,
+    keyring: bool = True,
+    **overrides: object,
 ) -> Settings:
+    """Settings of a test store. A PostgreSQL store gets no key ring by itself, so its home
+    is given one as an operator would (``secstate keys init``), unless ``keyring=False``."""
     values: dict[str, object] = {"home": home, **FAST, **overrides}
     if backend == "postgres":
         assert schema is not None
         values["database_url"] = f"{POSTGRES_URL}?schema={schema}"
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    if keyring and backend == "postgres" and settings.keys is None:
+        with contextlib.suppress(FileExistsError):
+            create_ring_file(settings)
+    return settings
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from domain.errors import MalformedApiKeyError, SecretKeyError
+from domain.errors import (
+    MalformedApiKeyError,
+    MissingKeyError,
+    NoKeyRingError,
+    SealedValueTamperedError,
+    SecretKeyError,
+)
 from domain.secrets import (
     CHECKSUM_LEN,
     KEY_ID_LEN,
@@ -16,12 +24,15 @@ from domain.secrets import (
     ApiKeyCodec,
     Argon2Parameters,
     KeyRing,
+    LazyKeyRing,
     PasswordHasher,
     api_secret_matches,
     generate_dkim_key,
     hash_api_secret,
     hash_recovery_code,
+    key_fingerprint,
     match_totp_step,
+    new_key_id,
     new_recovery_code,
     new_totp_seed,
     totp_code_at_step,
@@ -70,10 +81,80 @@ def test_rotated_ring_seals_under_new_key_and_still_opens_old_values() -> None:
     assert rotated.key_ids == ["k1", "k2"]
 
 
-def test_value_sealed_under_a_key_the_ring_lacks_is_refused() -> None:
+def test_value_sealed_under_a_key_the_ring_lacks_is_reported_as_a_missing_key() -> None:
+    # given a value sealed under a key the ring does not hold
     sealed = ring("gone").seal(b"x", AD)
-    with pytest.raises(SecretKeyError, match="unknown key id 'gone'"):
-        ring("k1").open(sealed, AD)
+    holder = KeyRing({"k1": KeyRing.generate_key()}, "k1", source="SECSTATE_KEYS")
+    # when it is opened
+    with pytest.raises(MissingKeyError) as caught:
+        holder.open(sealed, AD)
+    # then the message names the key and the remedy, and says nothing of tampering
+    message = str(caught.value)
+    assert message.startswith("key gone is missing from the key ring (SECSTATE_KEYS)")
+    assert "restore it from the backup" in message
+    assert "authentication" not in message
+
+
+def test_value_failing_authentication_under_a_key_the_ring_holds_is_a_tamper_error() -> None:
+    # given the same key id, but another key: a wrong key or a forged value
+    sealed = ring("k1").seal(b"x", AD)
+    other = ring("k1")
+    # when / then
+    with pytest.raises(SealedValueTamperedError, match="under key k1 failed authentication") as e:
+        other.open(sealed, AD)
+    assert other.fingerprint("k1") in str(e.value)
+
+
+def test_fingerprint_names_a_key_without_revealing_it() -> None:
+    # given
+    key, other = KeyRing.generate_key(), KeyRing.generate_key()
+    # when
+    fingerprint = key_fingerprint(key)
+    # then: stable, 64 bits of hex, differs between keys, holds no part of the key
+    assert fingerprint == key_fingerprint(key) == KeyRing({"a": key}, "a").fingerprint("a")
+    assert re.fullmatch(r"[0-9a-f]{16}", fingerprint)
+    assert fingerprint != key_fingerprint(other)
+    assert fingerprint not in key.hex()
+    assert fingerprint != hashlib.sha256(key).hexdigest()[:16]
+
+
+def test_new_key_ids_carry_the_utc_date_and_never_repeat() -> None:
+    # given a moment late on 2 December in New York, 3 December in UTC
+    moment = datetime(2026, 12, 2, 22, 0, tzinfo=timezone(timedelta(hours=-5)))
+    # when
+    ids = {new_key_id(moment) for _ in range(1000)}
+    # then
+    assert len(ids) == 1000
+    assert all(re.fullmatch(r"k20261203-[0-9a-f]{8}", key_id) for key_id in ids)
+    KeyRing({key_id: KeyRing.generate_key() for key_id in ids}, min(ids))  # valid ids
+    with pytest.raises(ValueError, match="timezone-aware"):
+        new_key_id(datetime(2026, 12, 3))  # naive: no date can be told from it
+
+
+def test_lazy_key_ring_loads_on_first_use_only_and_retries_a_failed_load() -> None:
+    # given a loader that fails once, then gives a ring
+    calls: list[int] = []
+    real = ring("k1")
+
+    def load() -> KeyRing:
+        calls.append(1)
+        if len(calls) == 1:
+            raise NoKeyRingError("no key ring yet")
+        return real
+
+    lazy = LazyKeyRing(load)
+    # then: nothing is loaded before a secret is sealed or opened
+    assert calls == []
+    assert not lazy.loaded
+    with pytest.raises(NoKeyRingError):
+        lazy.seal(b"x", AD)
+    # when it is used again, the load is tried again, and then kept
+    sealed = lazy.seal(b"x", AD)
+    assert lazy.open(sealed, AD) == b"x"
+    assert real.open(sealed, AD) == b"x"
+    assert lazy.active_key_id == "k1"
+    assert lazy.require() is real
+    assert len(calls) == 2
 
 
 def _flip_char(text: str, index: int) -> str:

@@ -44,6 +44,7 @@ def _register_groups() -> None:
         "state_commands",
         "timeline_commands",
         "projection_commands",
+        "key_commands",
     ):
         try:
             module = __import__(f"secstate.cli.{module_name}", fromlist=["register"])

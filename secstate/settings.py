@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.errors import SecStateError
+
+
+class SettingsError(SecStateError):
+    """A setting is missing or does not fit what was asked of it."""
 
 
 def default_home() -> Path:
@@ -57,9 +64,34 @@ class Settings(BaseSettings):
     def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
         if value is None or not value.get_secret_value():
             return None
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("postgresql", "postgres"):
-            raise ValueError(f"database_url must start with postgresql://, got {scheme}://")
+        url = urlsplit(value.get_secret_value())
+        if url.scheme not in ("postgresql", "postgres"):
+            raise ValueError(
+                f"database_url must start with postgresql://, got {url.scheme[:20]}://"
+            )
+        try:
+            url.port  # noqa: B018 - parsing it is the check
+        except ValueError:
+            raise ValueError("database_url has no valid port (a number from 1 to 65535)") from None
+        schema = parse_qs(url.query).get("schema", [None])[0]
+        if schema is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
+            raise ValueError(
+                f"database_url schema {schema[:70]!r} must match [a-z_][a-z0-9_]{{0,62}}"
+            )
+        return value
+
+    @field_validator("api_key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9]{1,9}_", value):
+            raise ValueError("api_key_prefix must be 2-10 lowercase letters or digits, then '_'")
+        return value
+
+    @field_validator("totp_issuer")
+    @classmethod
+    def _issuer(cls, value: str) -> str:
+        if not 1 <= len(value) <= 64 or not re.fullmatch(r"[^\x00-\x1f\x7f:]+", value):
+            raise ValueError("totp_issuer must be 1-64 printable characters, without ':'")
         return value
 
     @property
@@ -68,7 +100,8 @@ class Settings(BaseSettings):
 
     def postgres_params(self) -> dict[str, str]:
         """The database URL split into eventsourcing's POSTGRES_* settings."""
-        assert self.database_url is not None
+        if self.database_url is None:
+            raise SettingsError("no SECSTATE_DATABASE_URL is set: the store is embedded SQLite")
         url = urlsplit(self.database_url.get_secret_value())
         query = parse_qs(url.query)
         params = {

@@ -299,3 +299,42 @@ def test_the_bounds_are_the_ones_documented() -> None:
     # then each bound the code enforces is stated there
     for needle in ("200 characters", "500 characters", "512 characters", "65,536", "10^12"):
         assert needle in text, needle
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expect"),
+    [
+        ("SECSTATE_API_KEY_PREFIX", "Bad-Prefix", "api_key_prefix must be"),
+        ("SECSTATE_DATABASE_URL", "postgresql://u@h:99999999/db", "no valid port"),
+        ("SECSTATE_DATABASE_URL", "postgresql://u@h/db?schema=x;drop", "schema 'x;drop' must"),
+        ("SECSTATE_DATABASE_URL", "mysql://u@h/db", "must start with postgresql://"),
+        ("SECSTATE_TOTP_ISSUER", "evil:issuer", "totp_issuer must be"),
+        ("SECSTATE_LOCKOUT_THRESHOLD", "0", "lockout_threshold: Input should be greater"),
+        ("SECSTATE_API_KEY_USE_INTERVAL", "-5", "api_key_use_interval: Input should be"),
+    ],
+)
+def test_a_bad_setting_is_refused_with_one_line_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expect: str
+) -> None:
+    # given
+    from secstate.cli import run
+
+    monkeypatch.setenv("SECSTATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(variable, value)
+    # when
+    code = run(["account", "show", "acme"])
+    # then: exit 1 (the message is checked by the console-script run below)
+    assert code == 1
+    env = {**os.environ, variable: value, "SECSTATE_HOME": str(tmp_path / "home")}
+    done = subprocess.run(
+        [str(SECSTATE_BIN), "account", "show", "acme"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert expect in lines[0]

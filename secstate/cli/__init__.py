@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import os
+import select
+import stat
 import sys
 import traceback
 from typing import Any
@@ -97,7 +99,24 @@ def _invoke(argv: list[str] | None) -> Any:
     with command.make_context("secstate", args) as ctx:
         result = command.invoke(ctx)
     sys.stdout.flush()  # a closed pipe shows here, while run() can still handle it
+    if _stdout_reader_gone():
+        raise BrokenPipeError(32, "Broken pipe")
     return result
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more. A write the reader abandons
+    halfway is reported by the kernel as a short write, not an error, and Python's
+    buffered writer then drops the rest without a word: ask the pipe itself."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+    except (OSError, ValueError):  # not a file descriptor (captured, in-process)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
 
 
 def _show_usage_error(e: typer.TyperException) -> None:

@@ -285,34 +285,18 @@ def test_stdout_on_a_full_device_is_one_line(cli: Cli) -> None:
 # --- the store ---------------------------------------------------------------------------------
 
 
-def bare_cli(
-    backend: str,
-    home: Path,
-    request: pytest.FixtureRequest,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> Cli:
-    env = {"SECSTATE_HOME": str(home), **CHEAP_ENV}
-    if backend == "postgres":
-        schema = request.getfixturevalue("pg_schema")
-        env["SECSTATE_DATABASE_URL"] = f"{POSTGRES_URL}?schema={schema}"
-    return Cli(env, capsys, monkeypatch)
-
-
 @pytest.mark.parametrize(("obstacle", "reason"), [("file", "File exists"), ("parent", "Not a")])
 def test_a_home_that_cannot_be_created_is_one_line(
-    backend: str,
     tmp_path: Path,
-    request: pytest.FixtureRequest,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     obstacle: str,
     reason: str,
 ) -> None:
-    # given: a file where the home, or a directory above it, should be
+    # given: a file where the home of the SQLite store, or a directory above it, should be
     (tmp_path / "taken").write_text("x")
     home = tmp_path / "taken" if obstacle == "file" else tmp_path / "taken" / "home"
-    cli = bare_cli(backend, home, request, capsys, monkeypatch)
+    cli = Cli({"SECSTATE_HOME": str(home), **CHEAP_ENV}, capsys, monkeypatch)
     # when
     line = cli("account", "open", "acme").error_line()
     # then

@@ -9,7 +9,6 @@ opening the event store, using the read views ...), else from the command itself
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -107,6 +106,8 @@ def describe(error: BaseException, command: str, store: str | None) -> str | Non
 
     ``command`` is what was run (``timeline``, ``account show``); ``store`` describes
     where the store is (for database errors, which do not name their file)."""
+    import sqlite3  # here: only a failing command needs it
+
     for link in _chain(error):
         if isinstance(link, OSError):
             reason = link.strerror or str(link) or type(link).__name__

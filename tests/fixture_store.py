@@ -76,10 +76,11 @@ def create_ledger_tables_sqlite(db: Path) -> None:
         conn.close()
 
 
-def load_sqlite(name: str, db: Path) -> int:
-    """Into the ledger file ``db`` (tables created if missing); the number of events."""
+def load_sqlite(name: str, db: Path, rows: list[Row] | None = None) -> int:
+    """Into the ledger file ``db`` (tables created if missing); the number of events.
+    ``rows``: these instead of the fixture's own (a variant of its history)."""
     create_ledger_tables_sqlite(db)
-    rows = read_rows(name)
+    rows = read_rows(name) if rows is None else rows
     conn = sqlite3.connect(db)
     try:
         with conn:
@@ -106,12 +107,13 @@ def load_sqlite(name: str, db: Path) -> int:
     return sum(1 for r in rows if r.table == "events")
 
 
-def load_postgres(name: str, url: str, schema: str) -> int:
-    """Into ``schema`` (the ledger's tables created by the ledger first); the events."""
+def load_postgres(name: str, url: str, schema: str, rows: list[Row] | None = None) -> int:
+    """Into ``schema`` (the ledger's tables created by the ledger first); the events.
+    ``rows``: these instead of the fixture's own (a variant of its history)."""
     import psycopg
     from psycopg import sql
 
-    rows = read_rows(name)
+    rows = read_rows(name) if rows is None else rows
     events = sql.Identifier(schema, "secstate_events")
     snapshots = sql.Identifier(schema, "secstate_snapshots")
     with psycopg.connect(url, autocommit=False) as conn:

@@ -1,12 +1,17 @@
 """The ``secstate`` command line.
 
 Errors print one line on stderr and exit non-zero; ``--debug`` adds the traceback.
-Command groups live in sibling modules and register themselves on ``app`` below.
+Everything printed goes through ``secstate.cli.render``: no text from a request or
+from the stored history can act on the terminal. Command groups live in sibling
+modules and register themselves on ``app`` below.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import select
+import stat
 import sys
 import traceback
 from typing import Any
@@ -17,7 +22,8 @@ from pydantic import ValidationError
 from domain.commands import describe_validation_error
 from domain.errors import DamagedHistoryError, InvalidCommandError, SecStateError
 from projections.base import ProjectionError
-from secstate.cli.common import STATE, err_console, refresh_console_width, root_callback
+from secstate.cli import failures, render
+from secstate.cli.common import STATE, refresh_console_width, root_callback
 
 app = typer.Typer(
     name="secstate",
@@ -28,10 +34,15 @@ app = typer.Typer(
 )
 app.callback()(root_callback)
 
-# Exit codes: 1 = refused by a domain rule or bad input, 2 = usage error, 3 = internal error.
+# Exit codes: 1 = refused by a domain rule, bad input or a failure of the machine (a
+# missing directory, a full disk, a read-only database), 2 = usage error, 3 = internal
+# error, 130 = interrupted, 141 = stdout closed early (128 + SIGPIPE, as a shell reports
+# any program a pipe's reader left behind: ``secstate timeline | head -1``).
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 
 def _register_groups() -> None:
@@ -67,56 +78,141 @@ def _command() -> Any:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    sys.exit(run(argv))
+    code = run(argv)
+    if code == EXIT_BROKEN_PIPE:
+        # What is still buffered for the closed pipe would fail again at exit, with a
+        # traceback-like "Exception ignored" message: send it nowhere instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    sys.exit(code)
+
+
+def _invoke(argv: list[str] | None) -> Any:
+    """Parse and run one command; every exception reaches ``run`` as it was raised.
+
+    (Typer's own ``main`` would turn a closed pipe into a silent exit 1 and swap
+    ``sys.stdout``; parsing and invoking here keeps those decisions in ``run``.)
+    """
+    command = _command()
+    args = sys.argv[1:] if argv is None else list(argv)
+    with command.make_context("secstate", args) as ctx:
+        result = command.invoke(ctx)
+    sys.stdout.flush()  # a closed pipe shows here, while run() can still handle it
+    if _stdout_reader_gone():
+        raise BrokenPipeError(32, "Broken pipe")
+    return result
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe nobody reads any more. A write the reader abandons
+    halfway is reported by the kernel as a short write, not an error, and Python's
+    buffered writer then drops the rest without a word: ask the pipe itself."""
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+    except (OSError, ValueError):  # not a file descriptor (captured, in-process)
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _show_usage_error(e: typer.TyperException) -> None:
+    """Click's usage error (usage line, hint, ``Error: ...``), made inert: the message
+    repeats the offending argument as typed."""
+    ctx = getattr(e, "ctx", None)
+    if type(e).__name__ == "NoArgsIsHelpError":
+        show = getattr(e, "show", None)
+        if callable(show):  # the help text: ours, not the caller's
+            show()
+            return
+    if ctx is not None:
+        hint = ""
+        if ctx.command.get_help_option(ctx) is not None:
+            hint = f"Try '{ctx.command_path} {ctx.help_option_names[0]}' for help.\n"
+        render.say(f"{ctx.get_usage()}\n{hint}", err=True)
+    render.error(f"Error: {e.format_message()}")
+
+
+def _command_name(argv: list[str] | None) -> str:
+    """``timeline``, ``account show``: the words of argv that name the command run."""
+    words: list[str] = []
+    group: Any = _command()
+    for arg in sys.argv[1:] if argv is None else argv:
+        commands = getattr(group, "commands", None)
+        if commands is None:
+            break
+        if arg in commands:
+            words.append(arg)
+            group = commands[arg]
+        elif words and not arg.startswith("-"):
+            break
+    return " ".join(words)
+
+
+def _store_description() -> str | None:
+    settings = STATE._settings
+    if settings is None:
+        return None
+    if settings.uses_postgres:
+        return settings.describe_store()
+    return f"SQLite store in {settings.home}"
+
+
+def _print_traceback() -> None:
+    render.say(traceback.format_exc().rstrip("\n"), err=True)
 
 
 def run(argv: list[str] | None = None) -> int:
     refresh_console_width()
     try:
-        result = _command()(args=argv, standalone_mode=False)
+        result = _invoke(argv)
     except typer.Abort:
-        err_console.print("aborted")
-        return 130
+        render.error("aborted")
+        return EXIT_INTERRUPTED
     except typer.Exit as e:
         return e.exit_code
     except typer.TyperException as e:  # usage errors: bad option, missing argument, ...
-        show = getattr(e, "show", None)
-        if callable(show):
-            show()
-        else:
-            err_console.print(f"error: {e.format_message()}", markup=False, highlight=False)
+        _show_usage_error(e)
         return e.exit_code or EXIT_USAGE
     except InvalidCommandError as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False)
+        render.error(f"error: {e}")
         return EXIT_REFUSED
     except DamagedHistoryError as e:
         # Not bad input and not a bug: the store holds a row the ledger cannot trust.
-        err_console.print(f"error: {STATE.locate(e)}", markup=False, highlight=False)
+        render.error(f"error: {STATE.locate(e)}")
         return EXIT_INTERNAL
     except ProjectionError as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False)
+        render.error(f"error: {e}")
         return EXIT_INTERNAL
     except SecStateError as e:
-        err_console.print(f"error: {e}", markup=False, highlight=False)
+        render.error(f"error: {e}")
         if STATE.debug:
-            traceback.print_exc()
+            _print_traceback()
         return EXIT_REFUSED
     except ValidationError as e:  # settings or other pydantic input
-        err_console.print(
-            "error: invalid settings or input: " + "; ".join(describe_validation_error(e)),
-            markup=False,
-            highlight=False,
-        )
+        render.error("error: invalid settings or input: " + "; ".join(describe_validation_error(e)))
         return EXIT_REFUSED
+    except BrokenPipeError:
+        # Whoever read stdout has gone (``| head``): nothing more to say, nowhere to say it.
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
+        render.error("interrupted")
+        return EXIT_INTERRUPTED
     except Exception as e:
-        err_console.print(f"internal error: {type(e).__name__}: {e}", markup=False, highlight=False)
+        line = failures.describe(e, _command_name(argv), _store_description())
+        if line is not None:
+            render.error(line)
+            if STATE.debug:
+                _print_traceback()
+            return EXIT_REFUSED
+        render.error(f"internal error: {type(e).__name__}: {e}")
         if STATE.debug:
-            traceback.print_exc()
+            _print_traceback()
         else:
-            err_console.print("(run with --debug for the traceback)")
+            render.error("(run with --debug for the traceback)")
         return EXIT_INTERNAL
     finally:
         STATE.close()

@@ -13,9 +13,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from domain.context import Actor, RequestContext
 from domain.errors import DamagedHistoryError, InvalidCommandError
@@ -24,10 +22,9 @@ from domain.rules import normalise_ip
 from domain.text import check_request_id
 from projections.base import Follower
 from secstate.bootstrap import build_ledger
+from secstate.cli import render
+from secstate.cli.render import console, err_console, make_table, text_column
 from secstate.settings import Settings
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def refresh_console_width() -> None:
@@ -154,20 +151,21 @@ def to_jsonable(value: Any) -> Any:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
+    """ASCII-only JSON: every non-ASCII, control, DEL, C1, U+2028/U+2029 and U+0085 character
+    and every lone surrogate is a ``\\uXXXX`` escape, so no reader splits a record and no
+    terminal acts on one (json's ``ensure_ascii``, spelled out because it matters)."""
+    sys.stdout.write(json.dumps(to_jsonable(data), indent=2, ensure_ascii=True) + "\n")
 
 
 def print_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    table = Table(title=title, show_lines=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
+    table = make_table(title, columns)
     for row in rows:
-        table.add_row(*("" if v is None else str(to_jsonable(v)) for v in row))
+        table.add_row(*(render.cell(to_jsonable(v), empty="") for v in row))
     console.print(table)
 
 
 def say(message: str) -> None:
-    console.print(message, markup=False)
+    render.say(message)
 
 
 def fmt_time(value: datetime | None) -> str:
@@ -185,7 +183,7 @@ def catch_up_view(follower: Follower, doing: str) -> int:
     if lag < PROGRESS_THRESHOLD:
         return follower.catch_up()
     with Progress(
-        TextColumn(f"{follower.view.name}: {doing}"),
+        text_column(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -193,7 +191,7 @@ def catch_up_view(follower: Follower, doing: str) -> int:
         transient=True,
     ) as bar:
         start = follower.position()
-        task = bar.add_task("catch-up", total=lag)
+        task = bar.add_task(render.inert(f"{follower.view.name}: {doing}"), total=lag)
         return follower.catch_up(
             progress=lambda position, target: bar.update(
                 task, completed=position - start, total=target - start

@@ -10,7 +10,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TaskID,
-    TextColumn,
     TimeElapsedColumn,
 )
 
@@ -18,12 +17,12 @@ from domain.errors import InvalidCommandError
 from secstate.cli.common import (
     STATE,
     JsonOption,
-    console,
-    err_console,
     fmt_time,
     print_json,
     print_table,
+    say,
 )
+from secstate.cli.render import err_console, inert, text_column
 from secstate.demo import DemoSummary, parse_demo_options, run_demo
 
 
@@ -75,7 +74,7 @@ def demo(
         ) from None
     settings = STATE.settings
     with Progress(
-        TextColumn("{task.description:<24}"),
+        text_column("{task.description:<24}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -87,7 +86,7 @@ def demo(
 
         def progress(phase: str, done: int, total: int) -> None:
             if phase not in tasks:
-                tasks[phase] = bar.add_task(phase, total=total)
+                tasks[phase] = bar.add_task(inert(phase), total=total)
             bar.update(tasks[phase], completed=done, total=total)
 
         summary = run_demo(settings, options, progress)
@@ -162,10 +161,9 @@ def show_summary(s: DemoSummary) -> None:
         ["type", "count"],
         [(name, f"{n:,}") for name, n in s.events_by_type.items()],
     )
-    console.print(
+    say(
         "Explore it: secstate timeline / state / history (same SECSTATE_HOME or "
-        "SECSTATE_DATABASE_URL).",
-        markup=False,
+        "SECSTATE_DATABASE_URL)."
     )
 
 

@@ -23,7 +23,8 @@ import typer
 
 from domain.errors import SecretKeyError, SecStateError
 from domain.secrets import KeyRing
-from secstate.cli.common import STATE, JsonOption, err_console, print_json, print_table, say
+from secstate.cli import render
+from secstate.cli.common import STATE, JsonOption, print_json, print_table, say
 from secstate.keyring import (
     DAMAGED,
     ENV_SOURCE,
@@ -62,7 +63,7 @@ class KeyRingProblemError(SecStateError):
 
 def note(text: str) -> None:
     """Guidance for the operator, on stderr so stdout stays the data."""
-    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    render.say(text, err=True)
 
 
 def emit_secret(line: str) -> None:

@@ -21,7 +21,6 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TaskID,
-    TextColumn,
     TimeElapsedColumn,
 )
 
@@ -35,12 +34,11 @@ from domain.values import ApiKey, DkimKey
 from secstate.cli.common import (
     STATE,
     JsonOption,
-    console,
-    err_console,
     fmt_time,
     print_json,
     print_table,
 )
+from secstate.cli.render import err_console, inert, say, text_column
 
 C = TypeVar("C", bound=cmd.Command)
 
@@ -60,12 +58,13 @@ class UserQuery(cmd.Command):
 
 
 def out(text: str) -> None:
-    # soft_wrap: long values (tokens, URIs, DNS records) must stay on one line to copy.
-    console.print(text, markup=False, highlight=False, soft_wrap=True)
+    """A message on stdout: inert, and long values (tokens, URIs, DNS records) stay on one
+    line to copy."""
+    say(text)
 
 
 def warn(text: str) -> None:
-    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    say(text, err=True)
 
 
 def when(value: object) -> str:
@@ -594,7 +593,7 @@ def bulk_progress(description: str) -> Iterator[Callable[[int, int], None]]:
     resolved prints nothing but its error line.
     """
     progress = Progress(
-        TextColumn("{task.description}"),
+        text_column(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -606,7 +605,7 @@ def bulk_progress(description: str) -> Iterator[Callable[[int, int], None]]:
         nonlocal task
         if task is None:
             progress.start()
-            task = progress.add_task(description, total=total)
+            task = progress.add_task(inert(description), total=total)
         progress.update(task, completed=done, total=total)
 
     try:

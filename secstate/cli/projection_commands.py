@@ -25,7 +25,6 @@ from rich.progress import (
     ProgressColumn,
     Task,
     TaskID,
-    TextColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
@@ -36,7 +35,8 @@ from projections.base import Follower, ProjectionFailedError, View, ViewDB, rebu
 from projections.registry import check_names, make_view, view_names
 from projections.runner import Runner, RunReport, ViewStatus, view_status
 from secstate.bootstrap import build_ledger, open_view_db
-from secstate.cli.common import STATE, JsonOption, err_console, print_json, print_table, say
+from secstate.cli.common import STATE, JsonOption, print_json, print_table, say
+from secstate.cli.render import err_console, error, inert, inert_lines, text_column
 from secstate.locks import exclusive
 from secstate.settings import Settings
 
@@ -72,7 +72,7 @@ class RateColumn(ProgressColumn):
 
 def _progress() -> Progress:
     return Progress(
-        TextColumn("{task.description}"),
+        text_column(),
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(),
@@ -82,8 +82,13 @@ def _progress() -> Progress:
 
 
 class _UtcFormatter(logging.Formatter):
+    """UTC times; every line inert (messages quote stored errors, names and positions)."""
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return inert_lines(super().format(record))
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -184,7 +189,9 @@ def _run_once_with_progress(runner: Runner) -> RunReport:
     head = int(STATE.ledger.recorder.max_notification_id() or 0)
     with _progress() as bars:
         tasks: dict[str, TaskID] = {
-            run.name: bars.add_task(run.name, total=max(head, run.position), completed=run.position)
+            run.name: bars.add_task(
+                inert(run.name), total=max(head, run.position), completed=run.position
+            )
             for run in runner.views
         }
 
@@ -202,7 +209,7 @@ def _finish(report: RunReport, once: bool) -> None:
         if run.error is None:
             say(f"{run.name}: position {run.position} (+{run.applied} events)")
         else:
-            err_console.print(f"error: {run.error}", markup=False, highlight=False)
+            error(f"error: {run.error}")
     if report.failed:
         raise typer.Exit(EXIT_FAILED)
     if report.interrupted:
@@ -314,7 +321,7 @@ def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
         head = followers[0].head()
         failure: ProjectionFailedError | None = None
         with _stop_on_signals(stopping.set), _progress() as bars:
-            task = bars.add_task(f"rebuild {label}", total=head)
+            task = bars.add_task(inert(f"rebuild {label}"), total=head)
             try:
                 position = rebuild_together(
                     followers,
@@ -327,16 +334,14 @@ def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
                 bars.update(task, completed=max(position, 0))
         if failure is not None:  # said once the progress bar is gone
             unchanged = "view is" if len(views) == 1 else "views are"
-            err_console.print(
-                f"error: {failure}; the live {unchanged} unchanged", markup=False, highlight=False
-            )
+            error(f"error: {failure}; the live {unchanged} unchanged")
             damaged = isinstance(failure.cause, DamagedHistoryError)
             raise typer.Exit(EXIT_DAMAGED if damaged else EXIT_FAILED) from None
     finally:
         for db in dbs.values():
             db.close()
     if position < 0:
-        err_console.print("rebuild interrupted; the live views are unchanged")
+        error("rebuild interrupted; the live views are unchanged")
         raise typer.Exit(EXIT_INTERRUPTED)
     seconds = time.monotonic() - started
     _report_rebuild(list(views), 1, position, seconds, dict.fromkeys(views, seconds), json_out)
@@ -483,7 +488,9 @@ def _rebuild_parallel(names: list[str], jobs: int, batch_size: int, json_out: bo
     outcome: dict[int, tuple[Any, ...]] = {}
     missing: dict[int, int] = {}
     with _stop_on_signals(stopping.set), _progress() as bars:
-        tasks = [bars.add_task("rebuild " + ", ".join(group), total=head) for group in groups]
+        tasks = [
+            bars.add_task(inert("rebuild " + ", ".join(group)), total=head) for group in groups
+        ]
         try:
             for child in children:
                 child.start()
@@ -541,11 +548,11 @@ def _report_parallel(
             tail = f"{done} swapped in, the other live views are unchanged"
         else:
             tail = "the live views are unchanged"
-        err_console.print(f"error: {errors[0]}; {tail}", markup=False, highlight=False)
+        error(f"error: {errors[0]}; {tail}")
         damaged = any(o[0] == "damaged" for o in outcome.values())
         raise typer.Exit(EXIT_DAMAGED if damaged else EXIT_FAILED)
     if len(swapped) < len(groups):
-        err_console.print("rebuild interrupted; the live views are unchanged")
+        error("rebuild interrupted; the live views are unchanged")
         raise typer.Exit(EXIT_INTERRUPTED if interrupted else EXIT_FAILED)
     position = int(outcome[0][1])
     built = {name: float(outcome[i][2]) for i, group in enumerate(groups) for name in group}

@@ -30,15 +30,11 @@ from secstate.cli.common import (
     STATE,
     JsonOption,
     catch_up_view,
-    console,
     print_json,
 )
+from secstate.cli.render import cell, console, inert, lines_cell, make_table
 
-# Below this many events behind, catching up is quick enough to need no progress bar.
 TIME_EXAMPLE = "2026-03-01T09:00:00Z"
-
-# Control characters (an escape sequence in a label, say) shown as \xNN, never emitted.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def parse_time(text: str, option: str, command: str) -> datetime:
@@ -60,17 +56,6 @@ class _SubjectQuery(Command):
     ]
 
 
-def cell(value: Any) -> Text:
-    """Table cell text: no rich markup interpreted, control characters escaped."""
-    if value is None:
-        return Text("-")
-    if isinstance(value, bool):
-        return Text("yes" if value else "no")
-    if isinstance(value, list):
-        return Text(", ".join(str(v) for v in value).translate(_CONTROL) or "-")
-    return Text(str(value).translate(_CONTROL))
-
-
 def short_time(value: str | None) -> str | None:
     """``2026-03-01 09:00:00Z`` from the document's ISO times (UTC throughout)."""
     if value is None:
@@ -79,9 +64,7 @@ def short_time(value: str | None) -> str | None:
 
 
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=False)
-    for column in columns:
-        table.add_column(column, overflow="fold")
+    table = make_table(title, columns, title_justify="left")
     for row in rows:
         table.add_row(*(cell(v) for v in row))
     return table
@@ -145,7 +128,7 @@ def render_state(doc: Document, source: dict[str, Any]) -> None:
         ("source", source_line(source)),
     ):
         facts.add_row(label, cell(value))
-    console.print(Panel(facts, title=Text(f"security state of {account['name']}")))
+    console.print(Panel(facts, title=Text(inert(f"security state of {account['name']}"))))
 
     users = [
         [
@@ -294,13 +277,12 @@ def state_command(
 
 
 def render_history(kind: SubjectKind, name: str, entries: list[HistoryEntry]) -> None:
-    table = Table(
-        title=f"history of {kind} {name} ({len(entries)} events)",
+    table = make_table(
+        f"history of {kind} {name} ({len(entries)} events)",
+        ("occurred at (UTC)", "subject", "v", "event", "actor", "ip", "changes"),
         title_justify="left",
         show_lines=True,
     )
-    for column in ("occurred at (UTC)", "subject", "v", "event", "actor", "ip", "changes"):
-        table.add_column(column, overflow="fold")
     for e in entries:
         changes = e.changes or ["(no change to the security state)"]
         if not e.changes and e.details:
@@ -312,7 +294,7 @@ def render_history(kind: SubjectKind, name: str, entries: list[HistoryEntry]) ->
             cell(e.type),
             cell(e.actor),
             cell(e.source_ip),
-            Text("\n".join(line.translate(_CONTROL) for line in changes)),
+            lines_cell(changes),
         )
     console.print(table)
 

@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any, Protocol, TextIO
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 from domain.errors import InvalidCommandError
 from projections.base import Follower, ViewDB
@@ -35,16 +32,11 @@ from projections.timeline_query import (
     parse_filter,
 )
 from secstate.bootstrap import open_view_db
-from secstate.cli.common import STATE, JsonOption, catch_up_view, err_console
+from secstate.cli import failures
+from secstate.cli.common import STATE, JsonOption, catch_up_view
+from secstate.cli.render import cell, csv_cell, make_console, make_table, say
 
 FORMATS = ("table", "jsonl", "csv", "timesketch-jsonl", "timesketch-csv")
-
-# Control characters (ANSI escapes in a hostile user agent, say) shown as \xNN in tables.
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-
-
-def _printable(value: object) -> str:
-    return "" if value is None else str(value).translate(_CONTROL)
 
 
 def catch_up_timeline(follower: Follower) -> int:
@@ -60,26 +52,22 @@ def catch_up_timeline(follower: Follower) -> int:
 Writer = Callable[[Iterable[TimelineEntry], TextIO], None]
 
 
+def json_line(record: dict[str, Any]) -> str:
+    """One record as one line of ASCII: every non-ASCII, control, DEL, C1, U+0085, U+2028
+    and U+2029 character is a ``\\uXXXX`` escape. Readers that split lines the way
+    ``str.splitlines()`` does (Timesketch's importer) see exactly one record per line,
+    and no terminal acts on a line; a lone surrogate cannot fail the write halfway."""
+    return json.dumps(record, ensure_ascii=True)
+
+
 def write_jsonl(entries: Iterable[TimelineEntry], out: TextIO) -> None:
     for entry in entries:
-        out.write(json.dumps(entry.to_dict(), ensure_ascii=False) + "\n")
+        out.write(json_line(entry.to_dict()) + "\n")
 
 
 def write_timesketch_jsonl(entries: Iterable[TimelineEntry], out: TextIO) -> None:
     for entry in entries:
-        out.write(json.dumps(entry.to_timesketch(), ensure_ascii=False) + "\n")
-
-
-# A spreadsheet evaluates a cell starting with one of these as a formula. User agents,
-# labels and names are attacker-controlled, and investigators open exports in spreadsheets.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def guard_cell(value: object) -> object:
-    """A text cell a spreadsheet would evaluate, prefixed with ``'`` (OWASP's advice)."""
-    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
-        return "'" + value
-    return value
+        out.write(json_line(entry.to_timesketch()) + "\n")
 
 
 class CsvWriter(Protocol):
@@ -91,12 +79,19 @@ class CsvWriter(Protocol):
 def _csv_writer(
     fields: tuple[str, ...], row_of: Callable[[TimelineEntry], dict[str, Any]]
 ) -> CsvWriter:
+    """RFC 4180 CSV: CRLF between records, so a CR or LF inside a cell is one of the line
+    terminator's characters and the csv module always quotes its field (with "\\n" alone
+    it leaves a bare CR unquoted, and a reader starts a new record there). By default
+    every cell is formula-guarded and made inert (``render.csv_cell``); ``raw`` keeps
+    cells verbatim, still quoted."""
+
     def write(entries: Iterable[TimelineEntry], out: TextIO, *, raw: bool = False) -> None:
-        writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
+        writer = csv.writer(out, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
+        prepare: Callable[[object], object] = (lambda v: v) if raw else csv_cell
+        writer.writerow([prepare(name) for name in fields])
         for entry in entries:
             row = row_of(entry)
-            writer.writerow(row if raw else {k: guard_cell(v) for k, v in row.items()})
+            writer.writerow([prepare(row[name]) for name in fields])
 
     return write
 
@@ -112,14 +107,13 @@ def _subject(entry: TimelineEntry) -> str:
 
 
 def write_table(entries: Iterable[TimelineEntry], out: TextIO) -> None:
-    table = Table(title="timeline", show_lines=False)
-    for column in ("position", "occurred_at", "actor", "ip", "type", "account/user", "summary"):
-        table.add_column(column, overflow="fold")
+    table = make_table(
+        "timeline", ("position", "occurred_at", "actor", "ip", "type", "account/user", "summary")
+    )
     for entry in entries:
-        # Text, not markup: user-controlled strings (labels, reasons) are shown as they are.
         table.add_row(
             *(
-                Text(_printable(value))
+                cell(value, empty="")
                 for value in (
                     entry.position,
                     entry.occurred_at.isoformat(timespec="seconds"),
@@ -131,7 +125,7 @@ def write_table(entries: Iterable[TimelineEntry], out: TextIO) -> None:
                 )
             )
         )
-    Console(file=out, highlight=False, width=None if out.isatty() else 200).print(table)
+    make_console(file=out, width=None if out.isatty() else 200).print(table)
 
 
 WRITERS: dict[str, Writer] = {
@@ -147,30 +141,73 @@ def write_json_document(query: TimelineQuery, out: TextIO) -> None:
     out.write('{"events": [')
     for n, entry in enumerate(query):
         out.write(",\n  " if n else "\n  ")
-        out.write(json.dumps(entry.to_dict(), ensure_ascii=False))
+        out.write(json_line(entry.to_dict()))
     out.write("\n]," if query.count else "],")
     out.write(f' "next_after": {json.dumps(query.next_after)}}}\n')
 
 
+def output_problems(output: Path | None) -> list[str]:
+    """What is wrong with ``--output`` before any work is done (the OS may still refuse)."""
+    if output is None:
+        return []
+    target = output.expanduser()
+    directory = target.parent
+    if target.is_dir():
+        return [f"--output: {target} is a directory; name a file"]
+    if not directory.exists():
+        return [f"--output: directory {directory} does not exist"]
+    if not directory.is_dir():
+        return [f"--output: {directory} is not a directory"]
+    return []
+
+
 @contextmanager
 def _destination(output: Path | None) -> Iterator[TextIO]:
-    """stdout, or a file that appears whole on success and not at all on failure."""
+    """stdout; or a regular file that appears whole on success and not at all on failure
+    (written beside it, synced, then renamed over it); or, when ``--output`` names a
+    device or a FIFO (``/dev/null``, a pipe), that stream, written in place: renaming
+    over it would replace the device node."""
     if output is None:
-        yield sys.stdout
+        with _naming_write_errors("writing to stdout", None):
+            yield sys.stdout
         return
     target = output.expanduser()
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise InvalidCommandError(
-            "timeline query", [f"--output: directory {directory} does not exist"]
-        )
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
+    if target.exists() and not target.is_file() and not target.is_dir():
+        with failures.doing(f"opening --output {target}"):
+            stream = open(target, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed below
+        with stream, _naming_write_errors(f"writing --output {target}", target):
+            yield stream
+        return
+    directory = target.parent
+    with failures.doing(f"creating a temporary file in {directory} for --output"):
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=directory)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        with (
+            _naming_write_errors(f"writing --output {target}", Path(tmp)),
+            os.fdopen(fd, "w", encoding="utf-8", newline="") as f,
+        ):
             yield f
-        os.replace(tmp, target)
+            f.flush()
+            os.fsync(f.fileno())
+        with failures.doing(f"moving the finished --output file to {target}"):
+            os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _naming_write_errors(doing: str, path: Path | None) -> Iterator[None]:
+    """A write error (a full disk, a file too large) does not name its file: name it, and
+    what was being written. Errors of reading the view are not OSErrors, and pass."""
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        if e.filename is None and path is not None:
+            e.filename = str(path)
+        failures.note_doing(e, doing)
         raise
 
 
@@ -251,8 +288,9 @@ def timeline(
         bool,
         typer.Option(
             "--raw-csv",
-            help="CSV cells verbatim: no ' before cells a spreadsheet would run as formulas "
-            "(=, +, -, @). For tools that ingest rather than evaluate.",
+            help="CSV cells verbatim (still quoted): no ' before cells a spreadsheet would "
+            "run as formulas (=, +, -, @, TAB, CR) and control characters left as they are. "
+            "For tools that ingest rather than evaluate.",
         ),
     ] = False,
 ) -> None:
@@ -272,6 +310,9 @@ def timeline(
         order=order.strip().lower(),
     )
     fmt = fmt.strip().lower()
+    problems = output_problems(output)
+    if problems:
+        raise InvalidCommandError("timeline query", problems)
     _check_subjects(flt)
     db: ViewDB = open_view_db(STATE.settings, "timeline")
     try:
@@ -285,17 +326,11 @@ def timeline(
             else:
                 WRITERS[fmt](query, out)
         if output is not None:
-            err_console.print(
-                f"wrote {query.count} events to {output}", markup=False, highlight=False
-            )
+            say(f"wrote {query.count} events to {output}", err=True)
         elif query.count == 0 and fmt == "table" and not json_out:
-            err_console.print("no events match", markup=False, highlight=False)
+            say("no events match", err=True)
         if query.next_after is not None and not json_out:
-            err_console.print(
-                f"more events match: --after {query.next_after} to continue",
-                markup=False,
-                highlight=False,
-            )
+            say(f"more events match: --after {query.next_after} to continue", err=True)
     finally:
         db.close()
 

@@ -392,3 +392,44 @@ def test_an_error_that_is_not_the_machines_is_left_an_internal_error(tmp_path: P
     assert describe(ValueError("a bug"), "timeline", None) is None
     assert describe(during, "timeline", None) is None
     assert describe(sql_mistake.value, "timeline", None) is None
+
+
+def _real_disk_full_error(tmp_path: Path) -> sqlite3.OperationalError:
+    """A genuine SQLITE_FULL, from a database capped at a few pages."""
+    conn = sqlite3.connect(tmp_path / "tiny.sqlite3")
+    conn.execute("PRAGMA max_page_count = 2")
+    try:
+        conn.execute("CREATE TABLE t (b BLOB)")
+        conn.execute("INSERT INTO t VALUES (?)", (b"x" * 100_000,))
+    except sqlite3.OperationalError as e:
+        return e
+    finally:
+        conn.close()
+    raise AssertionError("the capped database took the row")
+
+
+def test_a_view_stopped_by_a_full_disk_is_one_exit_1_line_not_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # given a store with an account, and a disk that fills up as the state view writes
+    from projections.state import StateView
+    from secstate.cli import run
+
+    monkeypatch.setenv("SECSTATE_HOME", str(tmp_path / "home"))
+    assert run(["account", "open", "acme"]) == 0
+    full = _real_disk_full_error(tmp_path)
+
+    def apply_batch(self: StateView, tx: object, events: object) -> None:
+        raise full
+
+    monkeypatch.setattr(StateView, "apply_batch", apply_batch)
+    capsys.readouterr()
+    # when the state is asked for (the view catches up first)
+    code = run(["state", "acme"])
+    # then one line says what failed and that the view resumes, exit 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1
+    assert "full" in err[0]
+    assert "stopped at position 1" in err[0]
+    assert err[0].endswith("and resumes from there")

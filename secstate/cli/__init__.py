@@ -185,6 +185,15 @@ def run(argv: list[str] | None = None) -> int:
         render.error(f"error: {STATE.locate(e)}")
         return EXIT_INTERNAL
     except ProjectionError as e:
+        # A view stopped because of the machine (a full disk, say) is not an internal
+        # error: say what failed; the view resumes from its position next time.
+        cause = getattr(e, "cause", None)
+        line = None
+        if cause is not None and not isinstance(cause, DamagedHistoryError):
+            line = failures.describe(cause, _command_name(argv), _store_description())
+        if line is not None:
+            render.error(f"{line}; {e.args[0].split(':', 1)[0]}, and resumes from there")
+            return EXIT_REFUSED
         render.error(f"error: {e}")
         return EXIT_INTERNAL
     except SecStateError as e:

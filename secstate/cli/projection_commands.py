@@ -54,6 +54,7 @@ BatchSizeOption = Annotated[
     typer.Option(
         "--batch-size",
         min=1,
+        max=1_000_000,  # a batch is one transaction, its rows held in memory
         envvar="SECSTATE_PROJECTION_BATCH_SIZE",
         help="Events per transaction.",
     ),
@@ -156,6 +157,7 @@ def project_run(
         typer.Option(
             "--poll-interval",
             min=0.01,
+            max=3600,
             envvar="SECSTATE_PROJECTION_POLL_INTERVAL",
             help="Seconds between looks at the log when idle (PostgreSQL is woken by "
             "NOTIFY sooner).",
@@ -283,6 +285,7 @@ def project_rebuild(
             "--jobs",
             "-j",
             min=1,
+            max=256,
             help="Processes rebuilding at once (default: one a view, at most one a CPU); "
             "1 rebuilds every view from one shared scan of the log.",
         ),

@@ -15,14 +15,15 @@ from projections.base import ViewDB
 from secstate import keyring
 from secstate.keyring import sealed_key_ids
 from secstate.settings import Settings
+from secstate.store import private_dir, private_sqlite_file
 
 if TYPE_CHECKING:
     import psycopg
 
 
 def ensure_home(settings: Settings) -> Path:
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return settings.home
+    """The data directory, created 0700 or checked and tightened (``secstate.store``)."""
+    return private_dir(settings.home, "SECSTATE_HOME")
 
 
 def ensure_postgres_schema(settings: Settings) -> None:
@@ -59,10 +60,10 @@ def store_env(settings: Settings, sqlite_file: str) -> dict[str, str]:
         env["PERSISTENCE_MODULE"] = "eventsourcing.postgres"
         env["POSTGRES_ENABLE_DB_FUNCTIONS"] = "no"  # on, it drops tracking records (9.5.6)
         return env
-    home = ensure_home(settings)
+    path = private_sqlite_file(ensure_home(settings) / sqlite_file)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-        "SQLITE_DBNAME": str(home / sqlite_file),
+        "SQLITE_DBNAME": str(path),
         "SQLITE_LOCK_TIMEOUT": str(settings.sqlite_lock_timeout),
     }
 
@@ -123,4 +124,5 @@ def open_view_db(settings: Settings, view_name: str) -> ViewDB:
     if settings.uses_postgres:
         ensure_postgres_schema(settings)
         return ViewDB("postgres", postgres=settings.postgres_params())
-    return ViewDB("sqlite", sqlite_path=ensure_home(settings) / "views" / f"{view_name}.sqlite3")
+    views = private_dir(ensure_home(settings) / "views", "the views directory")
+    return ViewDB("sqlite", sqlite_path=private_sqlite_file(views / f"{view_name}.sqlite3"))

@@ -195,6 +195,13 @@ class ConcurrencyConflictError(SecStateError):
     """Concurrent writers kept conflicting after the bounded retries."""
 
 
+class StoreBusyError(SecStateError):
+    """The database stayed locked or unreachable past its timeout; nothing was decided.
+
+    Transient: the same command may succeed when tried again.
+    """
+
+
 class SecretKeyError(SecStateError):
     """A secret cannot be sealed or opened: no usable key ring, a missing key, or damage."""
 

@@ -8,6 +8,10 @@ with the reason (``StoreLocationError``): a directory or file of another user, a
 is not a directory, a symbolic link in place of a file. A home that is itself a symbolic
 link is followed: the directory it names is what must be ours. Parent directories are
 created if missing (as the umask says) and otherwise left alone.
+
+**Busy stores.** ``busy_error`` turns database trouble that says nothing about the
+command (SQLite locked past its timeout, PostgreSQL lock timeouts, deadlocks,
+serialization failures, lost or refused connections) into one ``StoreBusyError`` line.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sqlite3
 import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from domain.errors import SecStateError
+from domain.errors import SecStateError, StoreBusyError
+from secstate.settings import Settings
 
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 # Group and other bits: none may be set on anything in the data directory.
@@ -170,3 +176,47 @@ def open_lock_file(path: Path) -> int:
             raise _refuse_link(path) from None
         raise StoreLocationError(f"cannot open {path}: {e.strerror}") from None
     return _checked(path, fd)
+
+
+# --- busy stores --------------------------------------------------------------------------
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def busy_error(error: BaseException, settings: Settings | None = None) -> StoreBusyError | None:
+    """A ``StoreBusyError`` for ``error`` (or anything it was raised from) if it is
+    transient database trouble rather than a fault of the command or of secstate."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StoreBusyError):
+            return current
+        if isinstance(current, sqlite3.OperationalError):
+            text = str(current).lower()
+            if "locked" in text or "busy" in text:
+                timeout = f" (now {settings.sqlite_lock_timeout} s)" if settings else ""
+                return StoreBusyError(
+                    f"the store is busy (SQLite: {_first_line(current)}); try again, or "
+                    f"raise SECSTATE_SQLITE_LOCK_TIMEOUT{timeout}"
+                )
+        if _is_transient_postgres(current):
+            return StoreBusyError(
+                f"the store is busy or unreachable (PostgreSQL: {_first_line(current)}); try again"
+            )
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _is_transient_postgres(error: BaseException) -> bool:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    # Lock and statement timeouts, deadlocks, serialization failures, too many
+    # connections, a server shutting down, a connection refused or lost: all of them
+    # OperationalError in psycopg (pool timeouts too); InterfaceError is a closed one.
+    return isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError))

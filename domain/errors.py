@@ -196,9 +196,9 @@ class ConcurrencyConflictError(SecStateError):
 
 
 class StoreBusyError(SecStateError):
-    """The database stayed locked or unreachable past its timeout; nothing was decided.
+    """The database stayed locked past its timeout, or could not be reached.
 
-    Transient: the same command may succeed when tried again.
+    Transient, and no verdict on the command: it may succeed when tried again.
     """
 
 

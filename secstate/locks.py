@@ -16,9 +16,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 from domain.errors import SecStateError
-from secstate.bootstrap import ensure_home, postgres_connection
+from secstate.bootstrap import ensure_home
 from secstate.settings import Settings
-from secstate.store import open_lock_file, private_dir
+from secstate.store import open_lock_file, postgres_connection, private_dir
 
 
 class JobAlreadyRunningError(SecStateError):

@@ -9,6 +9,16 @@ is not a directory, a symbolic link in place of a file. A home that is itself a 
 link is followed: the directory it names is what must be ours. Parent directories are
 created if missing (as the umask says) and otherwise left alone.
 
+**Schema setup, once.** The library's recorders would run ``CREATE TABLE IF NOT EXISTS``
+(and, on PostgreSQL, ``CREATE OR REPLACE FUNCTION``) in every process, and concurrent DDL
+collides in PostgreSQL's catalog (``tuple concurrently updated``, duplicate keys in
+``pg_type``). So the ledger is built with the library's ``CREATE_TABLE`` off, and
+``ensure_ledger_tables`` checks the catalog first: one cheap query, no lock, in the common
+case. Only if a table is missing does it take the store's setup lock (PostgreSQL: an
+advisory lock per schema; SQLite: an flock on ``.setup.lock`` in the home), look again,
+and call the recorders' own ``create_table()``. Views do the same through
+``ViewDB.setup_transaction`` (the same advisory lock; SQLite's write lock).
+
 **Busy stores.** ``busy_error`` turns database trouble that says nothing about the
 command (SQLite locked past its timeout, PostgreSQL lock timeouts, deadlocks,
 serialization failures, lost or refused connections) into one ``StoreBusyError`` line.
@@ -18,24 +28,35 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import re
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from domain.errors import SecStateError, StoreBusyError
+from projections.base import SETUP_LOCK_TIMEOUT, setup_lock_key
 from secstate.settings import Settings
 
+if TYPE_CHECKING:
+    import psycopg
+    from eventsourcing.application import Application
+
+SETUP_LOCK_FILE = ".setup.lock"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Group and other bits: none may be set on anything in the data directory.
 _SHARED_BITS = stat.S_IRWXG | stat.S_IRWXO
 
 
 class StoreLocationError(SecStateError):
     """The configured store cannot be used safely: its data directory or a file in it is
-    not private to this user and cannot be made so."""
+    not private to this user and cannot be made so, or the schema name is not valid."""
 
 
 # --- private files ------------------------------------------------------------------------
@@ -176,6 +197,159 @@ def open_lock_file(path: Path) -> int:
             raise _refuse_link(path) from None
         raise StoreLocationError(f"cannot open {path}: {e.strerror}") from None
     return _checked(path, fd)
+
+
+# --- PostgreSQL connections ----------------------------------------------------------------
+
+
+def postgres_schema(settings: Settings) -> str:
+    """The configured schema (``public`` if none), refused unless a plain lower-case name."""
+    schema = settings.postgres_params().get("POSTGRES_SCHEMA") or "public"
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise StoreLocationError(
+            f"PostgreSQL schema name {schema!r} must match [a-z_][a-z0-9_]* (at most 63)"
+        )
+    return schema
+
+
+def postgres_connection(settings: Settings) -> psycopg.Connection[Any]:
+    """An autocommit connection to the settings' database (not the pool's)."""
+    import psycopg
+
+    params = settings.postgres_params()
+    return psycopg.connect(
+        dbname=params["POSTGRES_DBNAME"],
+        host=params["POSTGRES_HOST"],
+        port=int(params["POSTGRES_PORT"]),
+        user=params["POSTGRES_USER"],
+        password=params["POSTGRES_PASSWORD"] or None,
+        autocommit=True,
+    )
+
+
+# --- the setup lock -----------------------------------------------------------------------
+
+
+def _busy_setting_up() -> StoreBusyError:
+    return StoreBusyError(
+        f"the store is busy: another process has been setting up its tables for over "
+        f"{SETUP_LOCK_TIMEOUT:.0f} s; try again"
+    )
+
+
+@contextlib.contextmanager
+def _advisory_setup_lock(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    import psycopg
+
+    key = setup_lock_key(postgres_schema(settings))
+    with postgres_connection(settings) as conn:
+        # A session of its own, so this setting and the lock go with it.
+        conn.execute(f"SET lock_timeout = '{int(SETUP_LOCK_TIMEOUT * 1000)}ms'")
+        try:
+            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+        except psycopg.errors.LockNotAvailable:
+            raise _busy_setting_up() from None
+        try:
+            yield conn
+        finally:
+            # Explicitly: the server frees a closed session's locks only once its backend
+            # has exited, a moment after the client has gone on.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
+
+
+@contextlib.contextmanager
+def _file_setup_lock(settings: Settings) -> Iterator[None]:
+    fd = open_lock_file(private_dir(settings.home, "SECSTATE_HOME") / SETUP_LOCK_FILE)
+    try:
+        deadline = time.monotonic() + SETUP_LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise _busy_setting_up() from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+def ensure_postgres_schema(settings: Settings) -> None:
+    """Create the configured schema if it is missing (under the setup lock)."""
+    schema = postgres_schema(settings)
+    with postgres_connection(settings) as conn:
+        row = conn.execute("SELECT to_regnamespace(%s) IS NOT NULL", (schema,)).fetchone()
+    if row and row[0]:
+        return
+    with _advisory_setup_lock(settings) as locked:
+        locked.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+
+
+# --- the ledger's tables ------------------------------------------------------------------
+
+
+def _recorders(ledger: Application[Any]) -> list[Any]:
+    recorders: list[Any] = [ledger.recorder]
+    if ledger.snapshots is not None:
+        recorders.append(ledger.snapshots.recorder)
+    return recorders
+
+
+def _missing_tables(recorders: Sequence[Any]) -> list[Any]:
+    """The recorders whose table is not there yet: one catalog query for all of them."""
+    from eventsourcing.sqlite import SQLiteRecorder
+
+    names = [r.events_table_name for r in recorders]
+    datastore = recorders[0].datastore
+    if isinstance(recorders[0], SQLiteRecorder):
+        marks = ", ".join("?" * len(names))
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute(
+                f"SELECT name FROM sqlite_master WHERE type = 'table' AND name IN ({marks})",  # noqa: S608 - placeholders only
+                names,
+            )
+            present = {str(row[0]) for row in cursor.fetchall()}
+    else:
+        with datastore.get_connection() as conn:
+            rows = conn.execute(
+                "SELECT name FROM unnest(%s::text[]) AS name "
+                "WHERE to_regclass(quote_ident(%s) || '.' || quote_ident(name)) IS NOT NULL",
+                (names, datastore.schema),
+            ).fetchall()
+            present = {str(row["name"]) for row in rows}
+    return [r for r in recorders if r.events_table_name not in present]
+
+
+def ensure_ledger_tables(settings: Settings, ledger: Application[Any]) -> bool:
+    """Make sure the ledger's tables exist (the ledger built with ``CREATE_TABLE`` off);
+    True if this call created any. Costs one catalog query when they exist."""
+    recorders = _recorders(ledger)
+    created = False
+    if settings.uses_postgres:
+        if _missing_tables(recorders):
+            with _advisory_setup_lock(settings) as locked:
+                schema = postgres_schema(settings)
+                found = locked.execute("SELECT to_regnamespace(%s)", (schema,)).fetchone()
+                if found is None or found[0] is None:
+                    locked.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+                created = _create_missing(recorders)
+        # Its composite type may have appeared after the recorder was built (made by
+        # another process): without the type's adapter, inserts fail.
+        recorders[0].datastore.register_type_adapters()
+    elif _missing_tables(recorders):
+        with _file_setup_lock(settings):
+            created = _create_missing(recorders)
+    return created
+
+
+def _create_missing(recorders: Sequence[Any]) -> bool:
+    """Under the setup lock: look again, and create what is still missing."""
+    missing = _missing_tables(recorders)
+    for recorder in missing:
+        recorder.create_table()  # the library's own DDL
+    return bool(missing)
 
 
 # --- busy stores --------------------------------------------------------------------------

@@ -1,14 +1,17 @@
-"""A busy or unreachable store is a one-line refusal, not an internal error."""
+"""Schema setup runs once, under the store's setup lock; a store in use takes no lock;
+a busy or unreachable store is a one-line refusal, not an internal error."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +19,13 @@ import psycopg
 import pytest
 from conftest import POSTGRES_URL, make_settings
 
-from secstate.bootstrap import build_ledger
+from domain.errors import StoreBusyError
+from projections import base as base_module
+from projections.base import ERRORS_TABLE, TRACKING_TABLE, Follower, ViewDB, setup_lock_key
+from projections.state import StateView
+from projections.timeline import TimelineView
+from secstate import store as store_module
+from secstate.bootstrap import build_ledger, open_view_db
 from secstate.settings import Settings
 
 SECSTATE_BIN = Path(sys.executable).with_name("secstate")
@@ -68,6 +77,152 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
     return make_settings(backend, tmp_path / "home", schema, keys=KEYS)
 
 
+@pytest.fixture
+def short_setup_wait(monkeypatch: pytest.MonkeyPatch) -> float:
+    """A setup lock held by someone else makes a waiter give up after 1 s, not 60."""
+    monkeypatch.setattr(store_module, "SETUP_LOCK_TIMEOUT", 1.0)
+    monkeypatch.setattr(base_module, "SETUP_LOCK_TIMEOUT", 1.0)
+    return 1.0
+
+
+@contextlib.contextmanager
+def setup_lock_held_elsewhere(settings: Settings) -> Iterator[None]:
+    """The store's setup lock, held as another process would hold it."""
+    if settings.uses_postgres:
+        schema = settings.postgres_params()["POSTGRES_SCHEMA"]
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            key = setup_lock_key(schema)
+            conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+            yield
+        return
+    settings.home.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.home / store_module.SETUP_LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file: conflicts even in this process
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def view_write_locked(settings: Settings, db: ViewDB) -> Iterator[None]:
+    """What a long view transaction elsewhere holds: SQLite's write lock on the view's
+    file; on PostgreSQL, the setup lock (DDL would wait for it)."""
+    if settings.uses_postgres:
+        with setup_lock_held_elsewhere(settings):
+            yield
+        return
+    path = settings.home / "views" / "state.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+# --- the setup lock -------------------------------------------------------------------------
+
+
+def test_a_store_in_use_opens_and_follows_without_waiting_for_the_setup_lock(
+    settings: Settings, short_setup_wait: float
+) -> None:
+    # given: a store used before (ledger and views set up)
+    ledger = build_ledger(settings)
+    db = open_view_db(settings, "state")
+    Follower(ledger, StateView(db), db)
+    ledger.close()
+    # when: another process holds the setup lock while this one opens everything
+    with setup_lock_held_elsewhere(settings):
+        ledger = build_ledger(settings)
+        try:
+            follower = Follower(ledger, StateView(db), db)
+            applied = follower.catch_up()
+        finally:
+            ledger.close()
+            db.close()
+    # then: nothing waited for it (a wait would have ended in StoreBusyError)
+    assert applied == 0
+
+
+def test_view_setup_on_existing_tables_takes_no_write_lock(
+    settings: Settings, short_setup_wait: float
+) -> None:
+    # given: the state view set up before, and a connection that gives up on a lock at once
+    ledger = build_ledger(settings)
+    open_view_db(settings, "state").close()
+    if settings.uses_postgres:
+        db = open_view_db(settings, "state")
+    else:
+        db = ViewDB("sqlite", sqlite_path=settings.home / "views" / "state.sqlite3", lock_timeout=0)
+    try:
+        Follower(ledger, StateView(db), db)
+        # when: a long write elsewhere holds the view's lock
+        with view_write_locked(settings, db):
+            follower = Follower(ledger, StateView(db), db)
+            status = follower.status()
+        # then: setting up the follower and reading its status needed no lock
+        assert (status.position, status.head) == (0, 0)
+    finally:
+        db.close()
+        ledger.close()
+
+
+def test_first_use_waits_for_the_setup_lock_then_gives_up_as_a_busy_store(
+    settings: Settings, short_setup_wait: float
+) -> None:
+    # given: an unused store whose setup lock another process holds
+    # when / then
+    with (
+        setup_lock_held_elsewhere(settings),
+        pytest.raises(StoreBusyError, match="another process has been setting up"),
+    ):
+        build_ledger(settings)
+    # and once it is released, the first use sets the store up
+    ledger = build_ledger(settings)
+    try:
+        assert ledger.recorder.max_notification_id() in (None, 0)
+    finally:
+        ledger.close()
+
+
+def test_processes_setting_up_one_store_at_once_each_find_it_ready(settings: Settings) -> None:
+    # given: an unused store; when: eight threads set up the ledger and both views at once
+    start = threading.Barrier(8)
+    failures: list[BaseException] = []
+
+    def set_up() -> None:
+        try:
+            start.wait()
+            ledger = build_ledger(settings)
+            try:
+                for view in (StateView(), TimelineView()):
+                    db = open_view_db(settings, view.name)
+                    try:
+                        Follower(ledger, view, db).catch_up()
+                    finally:
+                        db.close()
+            finally:
+                ledger.close()
+        except BaseException as e:
+            failures.append(e)
+
+    threads = [threading.Thread(target=set_up) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # then
+    assert failures == []
+    db = open_view_db(settings, "timeline")
+    try:
+        needed = (TRACKING_TABLE, ERRORS_TABLE, *TimelineView.tables)
+        assert db.existing_tables(needed) == set(needed)
+    finally:
+        db.close()
+
+
 # --- busy stores ----------------------------------------------------------------------------
 
 
@@ -91,7 +246,6 @@ def ledger_write_locked(settings: Settings) -> Iterator[None]:
         conn.close()
 
 
-@pytest.mark.parametrize("backend", ["sqlite"])
 def test_a_store_locked_past_the_timeout_is_a_one_line_busy_refusal(settings: Settings) -> None:
     # given: a store in use, and a writer elsewhere that keeps the write lock
     env = child_env(settings, SECSTATE_SQLITE_LOCK_TIMEOUT="1", POSTGRES_LOCK_TIMEOUT="1")

@@ -1,12 +1,14 @@
-"""Schema setup runs once, under the store's setup lock; a store in use takes no lock;
-a busy or unreachable store is a one-line refusal, not an internal error."""
+"""Schema setup runs once, under the store's setup lock; a store in use takes no lock and
+runs no DDL; a busy or unreachable store is a one-line refusal, not an internal error."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import fcntl
+import json
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -14,10 +16,11 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from conftest import POSTGRES_URL, make_settings
+from conftest import POSTGRES_URL, make_settings, postgres_problem
 
 from domain.errors import StoreBusyError
 from projections import base as base_module
@@ -281,3 +284,105 @@ def test_an_unreachable_database_is_a_one_line_busy_refusal(tmp_path: Path) -> N
     code, _, err = secstate(env, "account", "open", "acme")
     # then
     assert_one_line_refusal(code, err, "error: the store is busy or unreachable (PostgreSQL")
+
+
+# --- secstate init ------------------------------------------------------------------------
+
+
+def test_init_sets_up_an_unused_store_once_and_then_changes_nothing(settings: Settings) -> None:
+    # given: an unused store
+    env = child_env(settings)
+    # when
+    first = secstate(env, "init", "--json")
+    again = secstate(env, "init", "--json")
+    # then: the views were set up by the first run only
+    assert first[0] == 0, first[2]
+    assert again[0] == 0, again[2]
+    assert json.loads(first[1])["created"] == ["state", "timeline"]
+    assert json.loads(again[1])["created"] == []
+    db = open_view_db(settings, "timeline")
+    try:
+        needed = (TRACKING_TABLE, ERRORS_TABLE, *TimelineView.tables)
+        assert db.existing_tables(needed) == set(needed)
+        with db.reading() as tx:
+            assert TimelineView().missing_indexes(tx) == []
+    finally:
+        db.close()
+    code, _, err = secstate(env, "account", "open", "acme")
+    assert code == 0, err
+
+
+@pytest.fixture
+def app_role() -> Iterator[str]:
+    """A login role with no rights of its own (dropped afterwards)."""
+    problem = postgres_problem()
+    if problem:
+        pytest.skip(problem)
+    role = "t_app_" + secrets.token_hex(5)
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    yield role
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+
+
+def grant_runtime_rights(schema: str, role: str) -> None:
+    """What docs/architecture.md ("Persistence") tells an operator to grant."""
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        conn.execute(
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"
+        )
+        conn.execute(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA {schema} TO {role}")
+
+
+@pytest.mark.postgres
+def test_after_init_a_role_without_create_rights_runs_every_command(
+    tmp_path: Path, pg_schema: str, app_role: str
+) -> None:
+    # given: the store set up by its owner, and a role that may read and write, not create
+    owner = make_settings("postgres", tmp_path / "home", pg_schema, keys=KEYS)
+    code, _, err = secstate(child_env(owner), "init")
+    assert code == 0, err
+    grant_runtime_rights(pg_schema, app_role)
+    url = POSTGRES_URL.replace("postgres@", f"{app_role}@", 1)
+    env = child_env(owner, SECSTATE_DATABASE_URL=f"{url}?schema={pg_schema}")
+    create = f'CREATE TABLE "{pg_schema}".probe (x int)'
+    with psycopg.connect(url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute(create)  # the role really may not create
+    # when: it runs commands, logins, readers and the follower
+    commands: list[tuple[tuple[str, ...], str]] = [
+        (("account", "open", "acme"), ""),
+        (
+            ("user", "register", "acme", "alice", "--email", "a@acme.example", "--password-stdin"),
+            PASSWORD + "\n",
+        ),
+        (("user", "login", "alice", "--password-stdin"), PASSWORD + "\n"),
+        (
+            (
+                "--source-ip",
+                "198.51.100.7",
+                "allowlist",
+                "add",
+                "acme",
+                "198.51.100.0/24",
+                "--label",
+                "office",
+            ),
+            "",
+        ),
+        (("access", "check", "acme", "198.51.100.9"), ""),
+        (("state", "acme", "--json"), ""),
+        (("timeline", "--account", "acme", "--json"), ""),
+        (("project", "status", "--json"), ""),
+        (("project", "run", "--once"), ""),
+        (("history", "alice"), ""),
+    ]
+    failed: dict[str, Any] = {}
+    for args, stdin in commands:
+        code, _, err = secstate(env, *args, stdin=stdin)
+        if code != 0:
+            failed[" ".join(args)] = err.strip()
+    # then: every one worked
+    assert failed == {}

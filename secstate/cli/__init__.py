@@ -58,6 +58,7 @@ def _register_groups() -> None:
         "timeline_commands",
         "projection_commands",
         "key_commands",
+        "store_commands",
     ):
         try:
             module = __import__(f"secstate.cli.{module_name}", fromlist=["register"])

@@ -4,10 +4,12 @@
 0700, and every file the store keeps there (SQLite databases with their ``-wal``,
 ``-shm`` and ``-journal``, lock files) 0600: created so, or tightened if an earlier
 version left them readable by others. Anything that cannot be made private is refused,
-with the reason (``StoreLocationError``): a directory or file of another user, a path that
-is not a directory, a symbolic link in place of a file. A home that is itself a symbolic
-link is followed: the directory it names is what must be ours. Parent directories are
-created if missing (as the umask says) and otherwise left alone.
+with the reason (``StoreLocationError``): a directory or file of another user, a
+symbolic link in place of a file, a mode that cannot be changed. The machine's own
+refusals (a file where the home should be, no permission) stay the ``OSError`` they are,
+which the CLI reports on one line as well. A home that is itself a symbolic link is
+followed: the directory it names is what must be ours. Parent directories are created if
+missing (as the umask says) and otherwise left alone.
 
 **Schema setup, once.** The library's recorders would run ``CREATE TABLE IF NOT EXISTS``
 (and, on PostgreSQL, ``CREATE OR REPLACE FUNCTION``) in every process, and concurrent DDL
@@ -84,18 +86,11 @@ def _owned_and_private(name: str, st: os.stat_result, chmod: Callable[[int], Non
 def private_dir(path: Path, what: str = "SECSTATE_HOME") -> Path:
     """``path`` as a directory only this user can use: created 0700 if missing, an
     existing one tightened to 0700 at most. A symbolic link is followed; the checks apply
-    to the directory it names."""
-    try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except FileExistsError:
-        pass  # not a directory: said below
-    except OSError as e:
-        raise StoreLocationError(f"cannot create {what} {path}: {e.strerror}") from None
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise StoreLocationError(f"{what} {path} cannot be used: {e.strerror}") from None
-    if not stat.S_ISDIR(st.st_mode):
+    to the directory it names. The machine's refusals (a file in the way, no permission)
+    leave as the ``OSError`` they are, naming the path."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):  # replaced since mkdir looked
         raise StoreLocationError(f"{what} {path} is not a directory")
     _owned_and_private(f"{what} {path}", st, lambda mode: os.chmod(path, mode))
     return path
@@ -135,9 +130,8 @@ def _tighten_by_path(path: Path) -> bool:
         return False
     if stat.S_ISLNK(st.st_mode):
         raise _refuse_link(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreLocationError(f"{path} is not a regular file")
-    _owned_and_private(str(path), st, lambda mode: os.chmod(path, mode))
+    if stat.S_ISREG(st.st_mode):  # anything else SQLite refuses to open, in its words
+        _owned_and_private(str(path), st, lambda mode: os.chmod(path, mode))
     return True
 
 
@@ -150,17 +144,15 @@ def _create_private(path: Path) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
     try:
         os.close(os.open(temporary, _CREATE_FLAGS | os.O_TRUNC, 0o600))
-    except FileNotFoundError:
-        raise StoreLocationError(f"cannot create {path}: its directory is missing") from None
     except OSError as e:
-        raise StoreLocationError(f"cannot create {path}: {e.strerror}") from None
+        raise OSError(e.errno, e.strerror, str(path)) from None  # the name that matters
     try:
         os.link(temporary, path)
     except FileExistsError:
         pass  # another process (or thread) made it first: checked by the caller
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
-            raise StoreLocationError(f"cannot create {path}: {e.strerror}") from None
+            raise OSError(e.errno, e.strerror, str(path)) from None
         # No hard links here: create it in place (only a thread of this process opening
         # it in the same instant could lose a lock to this close).
         with contextlib.suppress(FileExistsError):
@@ -190,12 +182,10 @@ def open_lock_file(path: Path) -> int:
     by SQLite), created 0600 or checked and tightened."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        raise StoreLocationError(f"cannot create {path}: its directory is missing") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise _refuse_link(path) from None
-        raise StoreLocationError(f"cannot open {path}: {e.strerror}") from None
+        raise
     return _checked(path, fd)
 
 
@@ -381,7 +371,7 @@ def busy_error(error: BaseException, settings: Settings | None = None) -> StoreB
             return StoreBusyError(
                 f"the store is busy or unreachable (PostgreSQL: {_first_line(current)}); try again"
             )
-        current = current.__cause__ or current.__context__
+        current = current.__cause__  # what it was raised from, not what it met
     return None
 
 

@@ -108,7 +108,7 @@ def test_an_existing_world_readable_home_is_tightened(tmp_path: Path) -> None:
 def test_every_file_the_store_makes_is_private_wal_and_shm_included(
     tmp_path: Path, hold_open: list[sqlite3.Connection]
 ) -> None:
-    # given: a fresh home, and the key ring made by the store itself
+    # given: a fresh home, the key ring to be made by the store itself
     home = tmp_path / "home"
     ok(home, "account", "open", "acme", keys=False)
     hold(hold_open, home / "ledger.sqlite3")
@@ -142,6 +142,7 @@ def test_every_file_the_store_makes_is_private_wal_and_shm_included(
     for view in ("state", "timeline"):
         hold(hold_open, home / "views" / f"{view}.sqlite3")
     ok(home, "user", "login", "alice", "--password-stdin", stdin=PASSWORD + "\n", keys=False)
+    ok(home, "totp", "enrol", "alice", keys=False)  # seals a seed: the key ring is made
     ok(home, "state", "acme", keys=False)
     ok(home, "timeline", "--account", "acme", keys=False)
     # then: every directory 0700 and every file 0600, the SQLite side files among them
@@ -205,7 +206,9 @@ def test_a_home_that_is_a_file_is_refused(tmp_path: Path) -> None:
     code, err = secstate(home, "account", "open", "acme")
     # then
     assert code == 1
-    assert err.strip().splitlines() == [f"error: SECSTATE_HOME {home} is not a directory"]
+    assert err.strip().splitlines() == [
+        f"error: creating the secstate home directory: File exists ({home})"
+    ]
 
 
 def test_a_home_that_is_a_symlink_is_followed_and_its_target_made_private(

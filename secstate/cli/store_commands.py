@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from domain.errors import StoreBusyError
+from domain.errors import SecStateError
 from projections.base import Follower
 from projections.registry import make_view, view_names
 from projections.timeline import TimelineView
@@ -31,8 +31,8 @@ class StoreGroup(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except StoreBusyError:
-            raise
+        except SecStateError:
+            raise  # the ledger's own verdicts, busy ones included
         except Exception as error:
             busy = busy_error(error, _settings_if_any())
             if busy is None:

@@ -54,6 +54,7 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 # Group and other bits: none may be set on anything in the data directory.
 _SHARED_BITS = stat.S_IRWXG | stat.S_IRWXO
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class StoreLocationError(SecStateError):
@@ -160,9 +161,6 @@ def _create_private(path: Path) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-
-
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def private_sqlite_file(path: Path) -> Path:

@@ -195,6 +195,13 @@ class ConcurrencyConflictError(SecStateError):
     """Concurrent writers kept conflicting after the bounded retries."""
 
 
+class StoreBusyError(SecStateError):
+    """The database stayed locked past its timeout, or could not be reached.
+
+    Transient, and no verdict on the command: it may succeed when tried again.
+    """
+
+
 class SecretKeyError(SecStateError):
     """A secret cannot be sealed or opened: no usable key ring, a missing key, or damage."""
 

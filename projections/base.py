@@ -36,6 +36,16 @@ TRACKING_TABLE = "view_tracking"
 ERRORS_TABLE = "view_errors"
 TRUSTED_TOPIC_PREFIX = "secstate."
 REBUILD_SUFFIX = "__rebuild"
+# The longest a process waits for the store's setup lock (another process creating tables).
+SETUP_LOCK_TIMEOUT = 60.0
+# How long a view's SQLite connection waits for the write lock, at least.
+SQLITE_VIEW_LOCK_TIMEOUT = 30.0
+
+
+def setup_lock_key(schema: str) -> str:
+    """The PostgreSQL advisory lock (hashed) under which all of a schema's DDL runs: the
+    ledger's tables (``secstate.store``) and the views' (``ViewDB.setup_transaction``)."""
+    return f"secstate:{schema}:schema-setup"
 
 
 class ProjectionError(Exception):
@@ -78,6 +88,7 @@ class ViewDB:
         *,
         sqlite_path: Path | None = None,
         postgres: dict[str, str] | None = None,
+        lock_timeout: float = SQLITE_VIEW_LOCK_TIMEOUT,
     ) -> None:
         self.dialect = dialect
         self._lock = threading.Lock()
@@ -85,7 +96,10 @@ class ViewDB:
             assert sqlite_path is not None
             sqlite_path.parent.mkdir(parents=True, exist_ok=True)
             self._sqlite = sqlite3.connect(
-                str(sqlite_path), isolation_level=None, check_same_thread=False, timeout=30
+                str(sqlite_path),
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=lock_timeout,
             )
             self._sqlite.execute("PRAGMA journal_mode=WAL")
             self._sqlite.execute("PRAGMA synchronous=NORMAL")
@@ -149,18 +163,30 @@ class ViewDB:
             cursor = self._pg.execute(statement)
             return cursor.fetchone() if cursor.description else None
 
-    def table_exists(self, name: str) -> bool:
+    @contextlib.contextmanager
+    def setup_transaction(self) -> Iterator[Tx]:
+        """A transaction for DDL, holding the store's setup lock until it ends: SQLite's
+        write lock (BEGIN IMMEDIATE), or on PostgreSQL the schema's advisory lock, the one
+        the ledger's own setup takes (the schema is created first if missing). Look again
+        inside it before creating anything: another process may have just done it."""
+        with self.transaction() as tx:
+            if self.dialect == "postgres":
+                tx.execute(f"SET LOCAL lock_timeout = '{int(SETUP_LOCK_TIMEOUT * 1000)}ms'")
+                tx.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
+                    (setup_lock_key(self.schema),),
+                )
+                if tx.query_one("SELECT to_regnamespace(?)", (self.schema,))[0] is None:
+                    tx.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            yield tx
+
+    def existing_tables(self, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` exist (in this view's file or schema): one catalog query."""
         with self.reading() as tx:
-            if self.dialect == "sqlite":
-                row = tx.query_one(
-                    "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
-                )
-            else:
-                row = tx.query_one(
-                    "SELECT 1 FROM information_schema.tables WHERE table_schema=? AND table_name=?",
-                    (self.schema, name),
-                )
-        return row is not None
+            return tx.existing_tables(names)
+
+    def table_exists(self, name: str) -> bool:
+        return name in self.existing_tables([name])
 
     def close(self) -> None:
         if self.dialect == "sqlite":
@@ -191,6 +217,22 @@ class Tx:
     def query_all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         self.execute(sql, params)
         return list(self.cursor.fetchall())
+
+    def existing_tables(self, names: Sequence[str]) -> set[str]:
+        """Which of ``names`` exist, as this transaction sees the catalog."""
+        if self.dialect == "sqlite":
+            rows = self.query_all(
+                "SELECT name FROM sqlite_master WHERE type = 'table' "
+                f"AND name IN ({', '.join('?' * len(names))})",
+                list(names),
+            )
+        else:
+            rows = self.query_all(
+                "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = ? AND c.relname = ANY(?) AND c.relkind IN ('r', 'p')",
+                (self.db.schema, list(names)),
+            )
+        return {str(row[0]) for row in rows}
 
 
 class View(ABC):
@@ -243,6 +285,12 @@ class View(ABC):
     def rolled_back(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """A transaction that applied a batch rolled back: forget any in-memory state the
         batch changed (the tables no longer hold it)."""
+
+    def caught_up(self, db: ViewDB) -> None:  # noqa: B027 - optional hook, no-op by default
+        """A catch-up that applied events has reached its target (usually the head), in
+        its own transactions after the last batch: e.g. to create indexes that were
+        cheaper to build once the table is full. Check before taking any lock: this runs
+        after every catch-up that applied something."""
 
 
 def _not_serialisable(o: Any) -> Any:
@@ -357,23 +405,33 @@ class Follower:
     # --- storage ---------------------------------------------------------------------
 
     def setup(self) -> None:
-        with self.db.transaction() as tx:
-            tx.execute(
-                f"CREATE TABLE IF NOT EXISTS {TRACKING_TABLE} "
-                "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
-            )
-            tx.execute(
-                f"CREATE TABLE IF NOT EXISTS {ERRORS_TABLE} "
-                "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL, event_type TEXT, "
-                "message TEXT NOT NULL, failed_at TEXT NOT NULL)"
-            )
+        """Make sure the view's tables and the shared tracking and error tables exist.
+
+        When they do (nearly always), this costs one catalog query and takes no lock. Else
+        it takes the store's setup lock, looks again, and creates what is still missing,
+        so processes starting together on an empty store never run the same DDL at once.
+        """
         self.view.suffix = ""
-        if all(self.db.table_exists(t) for t in self.view.tables):
+        needed = (TRACKING_TABLE, ERRORS_TABLE, *self.view.tables)
+        if self.db.existing_tables(needed) == set(needed):
             return
-        with self.db.transaction() as tx:
-            self.view.token = secrets.token_hex(4)
-            for statement in self.view.ddl(self.db.dialect):
-                tx.execute(statement)
+        with self.db.setup_transaction() as tx:
+            present = tx.existing_tables(needed)
+            if TRACKING_TABLE not in present:
+                tx.execute(
+                    f"CREATE TABLE {TRACKING_TABLE} "
+                    "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+                )
+            if ERRORS_TABLE not in present:
+                tx.execute(
+                    f"CREATE TABLE {ERRORS_TABLE} "
+                    "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL, event_type TEXT, "
+                    "message TEXT NOT NULL, failed_at TEXT NOT NULL)"
+                )
+            if not present.issuperset(self.view.tables):
+                self.view.token = secrets.token_hex(4)
+                for statement in self.view.ddl(self.db.dialect):
+                    tx.execute(statement)
 
     def position(self, name: str | None = None) -> int:
         with self.db.reading() as tx:
@@ -551,7 +609,10 @@ class Follower:
         self.view.suffix = ""
         target = stop if stop is not None else self.head()
         start = self.position()
-        return self._advance(self.view.name, start, target, progress, stopping) - start
+        position = self._advance(self.view.name, start, target, progress, stopping)
+        if position > start and not (stopping and stopping.is_set()):
+            self.view.caught_up(self.db)
+        return position - start
 
     def run_forever(
         self,

@@ -206,8 +206,6 @@ TIMELINE_INDEXES: dict[str, str] = {
 # Indexes of earlier versions, dropped when the ones above are created.
 OBSOLETE_INDEXES = ("tl_type", "tl_occurred")
 _TOKENED = re.compile(r"(.+)_[0-9a-f]{8}")
-# A batch shorter than this means the follower has caught up with the log's head.
-INDEX_WHEN_BATCH_BELOW = 1000
 # Helper threads SQLite's sorter may use while the timeline's indexes are built.
 INDEX_SORTER_THREADS = min(
     4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -236,9 +234,10 @@ class TimelineView(View):
     # The timeline's secondary indexes are not in ``ddl``: a fresh build (first catch-up,
     # or a rebuild's shadow tables) fills the bare table and indexes it once it reaches
     # the head, which at a million rows is ~8x faster than maintaining six indexes row by
-    # row. A rebuild calls ``after_build`` before its swap; ``apply_batch`` creates
-    # missing ones on any short batch (the follower is at the head); ``ensure_indexes``
-    # does it on demand (the CLI calls it before querying).
+    # row. A rebuild calls ``after_build`` before its swap; a follower calls
+    # ``caught_up`` after each catch-up that applied events; the CLI calls
+    # ``ensure_indexes`` before querying. The last two look first and run DDL only for
+    # what is missing, under the store's setup lock (``ViewDB.setup_transaction``).
 
     def ddl(self, dialect: Dialect) -> list[str]:
         t, touch, ids, i = self.t(TIMELINE), self.t(TOUCH), self.t(IDS), self.i
@@ -321,8 +320,9 @@ class TimelineView(View):
         missing = self.missing_indexes(tx)
         if missing and tx.dialect == "postgres":
             # Index names carry a per-instance token, so two processes indexing at once
-            # would each create a set. This lock is self-exclusive (SQLite's BEGIN
-            # IMMEDIATE already is); readers are not blocked. Then look again.
+            # would each create a set. The live table's callers hold the setup lock
+            # already; a rebuild's shadow is its own. This lock also keeps writers out
+            # while the indexes are built (readers are not blocked). Then look again.
             tx.execute(f"LOCK TABLE {self.t(TIMELINE)} IN SHARE ROW EXCLUSIVE MODE")
             missing = self.missing_indexes(tx)
         if missing:
@@ -368,18 +368,23 @@ class TimelineView(View):
 
     def ensure_indexes(self, db: ViewDB) -> list[str]:
         """Create whatever index the live timeline lacks and refresh stale statistics;
-        returns the names of the indexes created."""
+        returns the names of the indexes created. One read when nothing is to be done;
+        otherwise the work runs under the store's setup lock."""
         self.suffix = ""
         with db.reading() as tx:
             missing = self.missing_indexes(tx)
             stale = not missing and self._stats_stale(tx)
         if not missing and not stale:
             return []
-        with db.transaction() as tx:
+        with db.setup_transaction() as tx:
             created = self.create_missing_indexes(tx)
             if not created:
                 self.analyze(tx)
             return created
+
+    def caught_up(self, db: ViewDB) -> None:
+        """At the head: index the table if it is not (a first catch-up filled it bare)."""
+        self.ensure_indexes(db)
 
     # --- applying events --------------------------------------------------------------
 
@@ -419,8 +424,6 @@ class TimelineView(View):
             tx.executemany(
                 f"INSERT INTO {self.t(TOUCH)} (position, account) VALUES (?, ?)", touches
             )
-        if len(events) < INDEX_WHEN_BATCH_BELOW:
-            self.create_missing_indexes(tx)
 
     def _row(
         self,

@@ -2,54 +2,30 @@
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from domain.context import Clock
 from domain.ledger import Ledger
 from domain.secrets import ApiKeyCodec, Argon2Parameters, KeyRing, LazyKeyRing, PasswordHasher
-from projections.base import ViewDB
+from projections.base import SQLITE_VIEW_LOCK_TIMEOUT, ViewDB
 from secstate import keyring
 from secstate.keyring import sealed_key_ids
 from secstate.settings import Settings
-
-if TYPE_CHECKING:
-    import psycopg
+from secstate.store import (
+    ensure_ledger_tables,
+    postgres_schema,
+    private_dir,
+    private_sqlite_file,
+)
+from secstate.store import ensure_postgres_schema as ensure_postgres_schema
+from secstate.store import postgres_connection as postgres_connection
 
 
 def ensure_home(settings: Settings) -> Path:
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return settings.home
-
-
-def ensure_postgres_schema(settings: Settings) -> None:
-    """eventsourcing creates tables but not the schema they live in."""
-    params = settings.postgres_params()
-    schema = params.get("POSTGRES_SCHEMA")
-    if not schema:
-        return
-    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", schema):
-        raise ValueError(f"PostgreSQL schema name {schema!r} must match [a-z_][a-z0-9_]*")
-    with postgres_connection(settings) as conn:
-        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-
-
-def postgres_connection(settings: Settings) -> psycopg.Connection[Any]:
-    """An autocommit connection to the settings' database (not the pool's)."""
-    import psycopg
-
-    params = settings.postgres_params()
-    return psycopg.connect(
-        dbname=params["POSTGRES_DBNAME"],
-        host=params["POSTGRES_HOST"],
-        port=int(params["POSTGRES_PORT"]),
-        user=params["POSTGRES_USER"],
-        password=params["POSTGRES_PASSWORD"] or None,
-        autocommit=True,
-    )
+    """The data directory, created 0700 or checked and tightened (``secstate.store``)."""
+    return private_dir(settings.home, "SECSTATE_HOME")
 
 
 def store_env(settings: Settings, sqlite_file: str) -> dict[str, str]:
@@ -59,10 +35,10 @@ def store_env(settings: Settings, sqlite_file: str) -> dict[str, str]:
         env["PERSISTENCE_MODULE"] = "eventsourcing.postgres"
         env["POSTGRES_ENABLE_DB_FUNCTIONS"] = "no"  # on, it drops tracking records (9.5.6)
         return env
-    home = ensure_home(settings)
+    path = private_sqlite_file(ensure_home(settings) / sqlite_file)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-        "SQLITE_DBNAME": str(home / sqlite_file),
+        "SQLITE_DBNAME": str(path),
         "SQLITE_LOCK_TIMEOUT": str(settings.sqlite_lock_timeout),
     }
 
@@ -99,11 +75,15 @@ def build_hasher(settings: Settings) -> PasswordHasher:
 
 
 def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
+    """The ledger on the configured store, its tables created if this is the store's
+    first use (once, under the setup lock: ``secstate.store.ensure_ledger_tables``)."""
     if settings.uses_postgres:
-        ensure_postgres_schema(settings)
+        postgres_schema(settings)  # refuse a bad name before it goes anywhere
+    env = ledger_env(settings)
+    env["CREATE_TABLE"] = "no"  # the library would run its DDL in every process
     # The ring is loaded when something first seals or opens a secret: readers need none.
     ledger = Ledger(
-        ledger_env(settings),
+        env,
         keyring=LazyKeyRing(lambda: load_keyring(settings, ledger)),
         hasher=build_hasher(settings),
         clock=clock,
@@ -115,12 +95,23 @@ def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
         totp_issuer=settings.totp_issuer,
         api_key_use_interval=timedelta(seconds=settings.api_key_use_interval),
     )
+    try:
+        ensure_ledger_tables(settings, ledger)
+    except BaseException:
+        ledger.close()
+        raise
     return ledger
 
 
 def open_view_db(settings: Settings, view_name: str) -> ViewDB:
-    """Where a view lives: its own SQLite file, or the ledger's PostgreSQL schema."""
+    """Where a view lives: its own SQLite file, or the ledger's PostgreSQL schema. Its
+    tables are made by its ``Follower`` (``setup``), only if missing."""
     if settings.uses_postgres:
-        ensure_postgres_schema(settings)
+        postgres_schema(settings)
         return ViewDB("postgres", postgres=settings.postgres_params())
-    return ViewDB("sqlite", sqlite_path=ensure_home(settings) / "views" / f"{view_name}.sqlite3")
+    views = private_dir(ensure_home(settings) / "views", "the views directory")
+    return ViewDB(
+        "sqlite",
+        sqlite_path=private_sqlite_file(views / f"{view_name}.sqlite3"),
+        lock_timeout=max(float(settings.sqlite_lock_timeout), SQLITE_VIEW_LOCK_TIMEOUT),
+    )

@@ -16,8 +16,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 from domain.errors import SecStateError
-from secstate.bootstrap import ensure_home, postgres_connection
+from secstate.bootstrap import ensure_home
 from secstate.settings import Settings
+from secstate.store import open_lock_file, postgres_connection, private_dir
 
 
 class JobAlreadyRunningError(SecStateError):
@@ -26,9 +27,8 @@ class JobAlreadyRunningError(SecStateError):
 
 @contextmanager
 def _file_lock(settings: Settings, job: str) -> Iterator[None]:
-    directory = ensure_home(settings) / "views"
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f".{job}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    directory = private_dir(ensure_home(settings) / "views", "the views directory")
+    fd = open_lock_file(directory / f".{job}.lock")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

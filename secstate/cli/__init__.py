@@ -24,6 +24,7 @@ from domain.errors import DamagedHistoryError, InvalidCommandError, SecStateErro
 from projections.base import ProjectionError
 from secstate.cli import failures, render
 from secstate.cli.common import STATE, refresh_console_width, root_callback
+from secstate.cli.store_commands import StoreGroup
 
 app = typer.Typer(
     name="secstate",
@@ -31,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=StoreGroup,  # a busy store is a one-line refusal (exit 1), not an internal error
 )
 app.callback()(root_callback)
 
@@ -56,6 +58,7 @@ def _register_groups() -> None:
         "timeline_commands",
         "projection_commands",
         "key_commands",
+        "store_commands",
     ):
         try:
             module = __import__(f"secstate.cli.{module_name}", fromlist=["register"])

@@ -136,15 +136,18 @@ def _tighten_by_path(path: Path) -> bool:
     return True
 
 
-def _create_private(path: Path) -> None:
+def _create_private(path: Path, prepare: Callable[[Path], None] | None = None) -> None:
     """Make ``path`` an empty 0600 file unless something is there already.
 
-    It is made under a temporary name and linked into place, so the descriptor closed
-    here is never one of a file that SQLite (in another thread) may have open.
+    It is made under a temporary name (``prepare`` may fill it in) and linked into place,
+    so the descriptor closed here is never one of a file that SQLite (in another thread)
+    may have open.
     """
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.new")
     try:
         os.close(os.open(temporary, _CREATE_FLAGS | os.O_TRUNC, 0o600))
+        if prepare is not None:
+            prepare(temporary)
     except OSError as e:
         raise OSError(e.errno, e.strerror, str(path)) from None  # the name that matters
     try:
@@ -163,12 +166,27 @@ def _create_private(path: Path) -> None:
             os.unlink(temporary)
 
 
+def _wal_database(path: Path) -> None:
+    """Make ``path`` a SQLite database already in WAL mode (kept in its header).
+
+    Every connection asks for WAL mode when it opens; switching a fresh file needs an
+    exclusive lock, which SQLite refuses at once (no busy wait) while another connection
+    is switching it too: with the mode set before the file appears, none has to."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+    finally:
+        conn.close()
+
+
 def private_sqlite_file(path: Path) -> Path:
     """The SQLite database ``path``, created empty and 0600 if missing (SQLite gives the
     -wal and -shm it makes the database's mode); an existing one, and its side files,
     checked and tightened. Its directory must already be private (``private_dir``)."""
     if not _tighten_by_path(path):
-        _create_private(path)
+        _create_private(path, _wal_database)
         _tighten_by_path(path)
     for suffix in SQLITE_SIDE_FILES:
         _tighten_by_path(path.with_name(path.name + suffix))

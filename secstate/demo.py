@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from domain import commands as cmd
 from domain.account import Account, ApiKeyIndex
+from domain.attempts import CredentialAttempt
 from domain.commands import describe_validation_error
 from domain.context import Actor, ActorKind, RequestContext, Stamp, SteppedClock
 from domain.errors import InvalidCommandError, SecStateError
@@ -114,6 +115,7 @@ STAFF_BROWSER = (
 ATTACKER_BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:31.0) Gecko/20100101 Firefox/31.0"
 ATTACKER_TOOL = "python-requests/2.5.1 CPython/2.7.6 Linux/3.13.0-44-generic"
 BOT_AGENT = "Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1)"
+LEAKED_USERNAMES = ("admin", "administrator", "test", "info", "postmaster", "webmaster")
 ADMIN_TOOL = "demomail-admin/3.2 (secstate)"
 ROTATOR_AGENT = "dkim-rotator/1.0"
 
@@ -737,6 +739,12 @@ class _Simulation:
 
     def stuffing(self, su: _SimUser, at: datetime, bot_ip: str) -> Process:
         claimed = Actor(ActorKind.USER, su.user.username)
+        # The bot's list holds usernames nobody has: each try is recorded all the same.
+        for guess in LEAKED_USERNAMES[: self.rng.randint(1, len(LEAKED_USERNAMES))]:
+            stamp = self.stamp(Actor(ActorKind.USER, guess), bot_ip, BOT_AGENT, at)
+            self.writer.touch(CredentialAttempt.unknown_user(guess, "login", stamp))
+            at += timedelta(seconds=3)
+            yield at
         for _ in range(self.ledger.lockout_threshold):
             if su.user.locked:
                 break

@@ -32,7 +32,7 @@ from domain.user import User
 from domain.values import ENVELOPE_FIELDS, is_secret_field
 from projections.base import event_type_name
 from projections.pointintime import as_utc
-from projections.state import (
+from projections.state.document import (
     Document,
     account_record,
     iso,

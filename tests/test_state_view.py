@@ -32,7 +32,7 @@ from domain.secrets import totp_code_at_step, totp_step
 from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
 from domain.values import Role
 from projections.base import Follower, ProjectionFailedError, ViewDB
-from projections.state import Document, StateView, state_from_aggregates
+from projections.state import Document, StateQueries, StateView, state_from_aggregates
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.cli import run
 from secstate.cli.common import STATE
@@ -449,12 +449,11 @@ def world(backend: str, worlds: Worlds) -> World:
 
 
 @pytest.fixture
-def world_view(world: World) -> Iterator[StateView]:
+def world_view(world: World) -> Iterator[StateQueries]:
     """The state view of the world's store, caught up."""
     db = world.view_db()
-    view = StateView(db)
-    Follower(world.ledger, view, db).catch_up()
-    yield view
+    Follower(world.ledger, StateView(), db).catch_up()
+    yield StateQueries(db)
     db.close()
 
 
@@ -469,7 +468,7 @@ def view_db(settings: Settings) -> Iterator[ViewDB]:
 
 
 def test_view_equals_the_document_of_the_replayed_aggregates(
-    world: World, world_view: StateView
+    world: World, world_view: StateQueries
 ) -> None:
     # given a scenario with every kind of security event, and the view caught up with it
     # when / then: it shows exactly what the aggregates say, password ages included
@@ -478,7 +477,7 @@ def test_view_equals_the_document_of_the_replayed_aggregates(
 
 
 def test_view_document_shows_the_security_state_the_scenario_left(
-    world: World, world_view: StateView
+    world: World, world_view: StateQueries
 ) -> None:
     # given
     s = world.scenario
@@ -534,7 +533,7 @@ def test_view_document_shows_the_security_state_the_scenario_left(
     assert all(len(k["public_key_sha256"]) == 64 for k in doc["dkim_keys"])
 
 
-def test_no_secret_enters_the_view(world: World, world_view: StateView) -> None:
+def test_no_secret_enters_the_view(world: World, world_view: StateQueries) -> None:
     # given a view caught up with a scenario that handled many secrets
     secrets = world.scenario.secrets | stored_secrets(world.ledger)
     assert len(secrets) > 20
@@ -556,19 +555,19 @@ def test_view_maintained_in_small_batches_equals_a_rebuilt_one(
     ledger: Ledger, clock: SteppedClock, ctx: RequestContext, view_db: ViewDB
 ) -> None:
     # given a view caught up in batches of 3 after every step
-    view = StateView(view_db)
-    follower = Follower(ledger, view, view_db, batch_size=3)
+    view = StateQueries(view_db)
+    follower = Follower(ledger, StateView(), view_db, batch_size=3)
     run_scenario(ledger, clock, ctx, after_step=lambda _label, _t: follower.catch_up())
     as_of = clock.now()
     incremental = view.get_account_state("acme", as_of)
     # when it is rebuilt from scratch
-    Follower(ledger, view, view_db).rebuild()
+    Follower(ledger, StateView(), view_db).rebuild()
     # then nothing differs, and both equal the aggregates' document
     assert view.get_account_state("acme", as_of) == incremental
     assert incremental == aggregate_doc(ledger, "acme", as_of)
 
 
-def test_users_table_says_who_still_needs_a_reset(world_view: StateView) -> None:
+def test_users_table_says_who_still_needs_a_reset(world_view: StateQueries) -> None:
     # given alice completed the campaign's reset and bob did not
     view = world_view
     # when / then
@@ -584,7 +583,7 @@ def test_view_refuses_an_event_type_it_has_no_handler_for(
 ) -> None:
     # given an event of a User event type the view does not know
     ledger.open_account(c.OpenAccount(name="acme"), ctx)
-    Follower(ledger, StateView(view_db), view_db).catch_up()
+    Follower(ledger, StateView(), view_db).catch_up()
 
     class Unheard:
         TOPIC = "secstate.User.Unheard"
@@ -595,7 +594,7 @@ def test_view_refuses_an_event_type_it_has_no_handler_for(
         pytest.raises(ProjectionFailedError, match=r"position 99 \(User.Unheard\)"),
         view_db.transaction() as tx,
     ):
-        StateView(view_db).apply_batch(tx, [(99, Unheard())])
+        StateView().apply_batch(tx, [(99, Unheard())])
 
 
 # --- secstate state (the view) -----------------------------------------------------------------

@@ -134,13 +134,13 @@ def test_a_store_in_use_opens_and_follows_without_waiting_for_the_setup_lock(
     # given: a store used before (ledger and views set up)
     ledger = build_ledger(settings)
     db = open_view_db(settings, "state")
-    Follower(ledger, StateView(db), db)
+    Follower(ledger, StateView(), db)
     ledger.close()
     # when: another process holds the setup lock while this one opens everything
     with setup_lock_held_elsewhere(settings):
         ledger = build_ledger(settings)
         try:
-            follower = Follower(ledger, StateView(db), db)
+            follower = Follower(ledger, StateView(), db)
             applied = follower.catch_up()
         finally:
             ledger.close()
@@ -160,10 +160,10 @@ def test_view_setup_on_existing_tables_takes_no_write_lock(
     else:
         db = ViewDB("sqlite", sqlite_path=settings.home / "views" / "state.sqlite3", lock_timeout=0)
     try:
-        Follower(ledger, StateView(db), db)
+        Follower(ledger, StateView(), db)
         # when: a long write elsewhere holds the view's lock
         with view_write_locked(settings, db):
-            follower = Follower(ledger, StateView(db), db)
+            follower = Follower(ledger, StateView(), db)
             status = follower.status()
         # then: setting up the follower and reading its status needed no lock
         assert (status.position, status.head) == (0, 0)

@@ -23,7 +23,7 @@ from domain.errors import InvalidCommandError, UnknownAccountError
 from projections.base import Follower, FollowerStatus
 from projections.history import HistoryEntry, SubjectKind, history
 from projections.pointintime import state_at
-from projections.state import Document, StateView
+from projections.state import Document, StateQueries, StateView
 from projections.timeline_query import parse_time as iso_time
 from secstate.bootstrap import open_view_db
 from secstate.cli.common import (
@@ -84,13 +84,12 @@ def catch_up_state(follower: Follower) -> None:
 def read_view(account: str, catch_up: bool) -> tuple[Document, FollowerStatus]:
     db = open_view_db(STATE.settings, StateView.name)
     try:
-        view = StateView(db)
-        follower = Follower(STATE.ledger, view, db)
+        follower = Follower(STATE.ledger, StateView(), db)
         if catch_up:
             catch_up_state(follower)
         status = follower.status()
         try:
-            return view.get_account_state(account, datetime.now(UTC)), status
+            return StateQueries(db).get_account_state(account, datetime.now(UTC)), status
         except UnknownAccountError as e:
             if status.lag == 0:
                 raise

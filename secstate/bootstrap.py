@@ -8,6 +8,7 @@ from pathlib import Path
 
 from domain.context import Clock
 from domain.ledger import Ledger
+from domain.reader import LedgerReader
 from domain.secrets import ApiKeyCodec, Argon2Parameters, KeyRing, LazyKeyRing, PasswordHasher
 from projections.base import SQLITE_VIEW_LOCK_TIMEOUT, ViewDB
 from secstate import keyring
@@ -21,6 +22,7 @@ from secstate.store import (
 )
 from secstate.store import ensure_postgres_schema as ensure_postgres_schema
 from secstate.store import postgres_connection as postgres_connection
+from store.log import log_store
 
 
 def ensure_home(settings: Settings) -> Path:
@@ -84,6 +86,7 @@ def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
     # The ring is loaded when something first seals or opens a secret: readers need none.
     ledger = Ledger(
         env,
+        log=log_store,
         keyring=LazyKeyRing(lambda: load_keyring(settings, ledger)),
         hasher=build_hasher(settings),
         clock=clock,
@@ -101,6 +104,22 @@ def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
         ledger.close()
         raise
     return ledger
+
+
+def build_reader(settings: Settings) -> LedgerReader:
+    """The ledger's log and aggregates for a reader (a follower, ``state --at``,
+    ``history``): no key ring is ever loaded or needed, nothing can be sealed or opened."""
+    if settings.uses_postgres:
+        postgres_schema(settings)
+    env = ledger_env(settings)
+    env["CREATE_TABLE"] = "no"
+    reader = LedgerReader(env, log=log_store)
+    try:
+        ensure_ledger_tables(settings, reader)
+    except BaseException:
+        reader.close()
+        raise
+    return reader
 
 
 def open_view_db(settings: Settings, view_name: str) -> ViewDB:

@@ -42,6 +42,7 @@ from domain.errors import (
     UserDisabledError,
     WeakPasswordError,
 )
+from domain.campaigns import ResetCampaign
 from domain.ledger import BulkResult, Ledger
 from domain.secrets import TOTP_PERIOD, totp_code_at_step, totp_step
 from domain.user import User
@@ -717,7 +718,7 @@ def test_bulk_reset_by_scan_and_by_loading_each_user_agree(
     population: Ledger, ctx: RequestContext, monkeypatch: pytest.MonkeyPatch, events_per_get: int
 ) -> None:
     # given the campaign forced down one path or the other
-    monkeypatch.setattr("domain.ledger._EVENTS_PER_GET", events_per_get)
+    monkeypatch.setattr("domain.campaigns._EVENTS_PER_GET", events_per_get)
     ledger = population
     ledger.bulk_batch_size = 3
     command = c.parse_command(
@@ -741,14 +742,14 @@ def test_bulk_reset_redoes_a_batch_whose_user_changed_after_the_scan(
 ) -> None:
     # given a user who logs in between the campaign's scan of the log and its write
     ledger = population
-    scan = Ledger._reset_statuses
+    scan = ResetCampaign._reset_statuses
 
-    def scan_then_interfere(self: Ledger, only: object) -> object:
+    def scan_then_interfere(self: ResetCampaign, only: object) -> object:
         found = scan(self, only)  # type: ignore[arg-type]
         login(ledger, ctx, "a3")
         return found
 
-    monkeypatch.setattr(Ledger, "_reset_statuses", scan_then_interfere)
+    monkeypatch.setattr(ResetCampaign, "_reset_statuses", scan_then_interfere)
     command = c.parse_command(
         c.RequirePasswordResets, reason="leak", campaign_id="camp-r", everyone=True
     )

@@ -24,6 +24,7 @@ from eventsourcing.cryptography import AESCipher
 from domain import commands as c
 from domain.context import Actor, ActorKind, RequestContext, Stamp, SteppedClock
 from domain.errors import UserDisabledError
+from domain.campaigns import ResetCampaign
 from domain.ledger import Ledger
 from domain.user import DISABLED_AFTER, User
 from secstate.bootstrap import build_hasher, build_ledger, ledger_env, load_keyring
@@ -285,11 +286,11 @@ def test_campaign_reads_the_statuses_a_scan_of_notifications_reads(
     ids = [User.create_id(u) for u in ("a1", "a2", "a3", "a4", "z1", "z2", "z3")]
     for only in (None, set(ids[1:5]), {ids[0], uuid.uuid4()}):
         # when the statuses are read with the campaign's own queries
-        fast = ledger._reset_statuses(only)
+        fast = ResetCampaign(ledger)._reset_statuses(only)
         # then they are those of the library's notification scan, in the same order
-        slow = ledger._reset_statuses_by_notifications(only)
+        slow = ResetCampaign(ledger)._reset_statuses_by_notifications(only)
         assert list(fast.items()) == list(slow.items())
-    everyone = ledger._reset_statuses(None)
+    everyone = ResetCampaign(ledger)._reset_statuses(None)
     assert list(everyone) == ids
     assert everyone[ids[1]][1].campaigns == ("camp-1",)
     assert not everyone[ids[1]][1].required
@@ -330,8 +331,8 @@ def test_campaign_on_an_encrypted_store_marks_once_and_reads_like_the_scan(
     rows = ledger.recorder.select_notifications(start=1, limit=100)
     states = [r.state for r in rows if r.topic == User.PasswordResetRequired.TOPIC]
     assert len(states) == len(set(states)) == 4
-    fast = ledger._reset_statuses(None)
-    assert list(fast.items()) == list(ledger._reset_statuses_by_notifications(None).items())
+    fast = ResetCampaign(ledger)._reset_statuses(None)
+    assert list(fast.items()) == list(ResetCampaign(ledger)._reset_statuses_by_notifications(None).items())
     assert fast[User.create_id("a2")][1].campaigns == ("hand", "camp-e")
 
 
@@ -360,7 +361,7 @@ def test_recorded_events_read_back_equal_whether_or_not_they_share_state_objects
         for name, state in (("e1", fields), ("e2", fields), ("e3", own))
     ]
     # when they are recorded directly
-    ledger._record_events(events)
+    ResetCampaign(ledger)._record_events(events)
     # then each reads back equal to itself
     for event in events:
         assert list(ledger.events.get(event.originator_id, gt=2)) == [event]

@@ -34,6 +34,7 @@ from domain.errors import (
     SecretKeyError,
     SecStateError,
 )
+from domain.campaigns import ResetCampaign
 from domain.ledger import Ledger
 from domain.secrets import ApiKeyCodec, totp_code_at_step, totp_step
 from secstate.bootstrap import build_hasher, ensure_postgres_schema, ledger_env, load_keyring
@@ -54,14 +55,20 @@ class RecordingLedger(Ledger):
                 self.live[obj.id] = obj
         return recordings
 
-    def _record_events(self, events: list[Any]) -> None:
+    def require_password_resets(self, *args: Any, **kwargs: Any) -> Any:
         # Events stored without their aggregate (the bulk campaign): the live object is
         # what the full aggregate becomes with them.
-        super()._record_events(events)
-        for event in events:
-            self.live[event.originator_id] = event.mutate(
-                copy.deepcopy(self.live[event.originator_id])
-            )
+        ledger = self
+
+        class Recording(ResetCampaign):
+            def _record_events(self, events: list[Any]) -> None:
+                super()._record_events(events)
+                for event in events:
+                    ledger.live[event.originator_id] = event.mutate(
+                        copy.deepcopy(ledger.live[event.originator_id])
+                    )
+
+        return Recording(self).require_password_resets(*args, **kwargs)
 
 
 def wipe(store: Settings) -> None:

@@ -18,6 +18,7 @@ from eventsourcing.domain import Aggregate
 
 from domain import commands as c
 from domain.account import Account, ApiKeyIndex
+from domain.campaigns import ResetCampaign
 from domain.context import Actor, ActorKind, RequestContext, SteppedClock
 from domain.errors import (
     AccountKindError,
@@ -42,7 +43,6 @@ from domain.errors import (
     UserDisabledError,
     WeakPasswordError,
 )
-from domain.campaigns import ResetCampaign
 from domain.ledger import BulkResult, Ledger
 from domain.secrets import TOTP_PERIOD, totp_code_at_step, totp_step
 from domain.user import User

@@ -22,9 +22,9 @@ import pytest
 from eventsourcing.cryptography import AESCipher
 
 from domain import commands as c
+from domain.campaigns import ResetCampaign
 from domain.context import Actor, ActorKind, RequestContext, Stamp, SteppedClock
 from domain.errors import UserDisabledError
-from domain.campaigns import ResetCampaign
 from domain.ledger import Ledger
 from domain.user import DISABLED_AFTER, User
 from secstate.bootstrap import build_hasher, build_ledger, ledger_env, load_keyring

@@ -27,6 +27,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from domain import commands as c
+from domain.campaigns import ResetCampaign
 from domain.context import Actor, ActorKind, RequestContext, SteppedClock
 from domain.errors import (
     ConcurrencyConflictError,
@@ -34,7 +35,6 @@ from domain.errors import (
     SecretKeyError,
     SecStateError,
 )
-from domain.campaigns import ResetCampaign
 from domain.ledger import Ledger
 from domain.secrets import ApiKeyCodec, totp_code_at_step, totp_step
 from secstate.bootstrap import build_hasher, ensure_postgres_schema, ledger_env, load_keyring

@@ -332,7 +332,9 @@ def test_campaign_on_an_encrypted_store_marks_once_and_reads_like_the_scan(
     states = [r.state for r in rows if r.topic == User.PasswordResetRequired.TOPIC]
     assert len(states) == len(set(states)) == 4
     fast = ResetCampaign(ledger)._reset_statuses(None)
-    assert list(fast.items()) == list(ResetCampaign(ledger)._reset_statuses_by_notifications(None).items())
+    assert list(fast.items()) == list(
+        ResetCampaign(ledger)._reset_statuses_by_notifications(None).items()
+    )
     assert fast[User.create_id("a2")][1].campaigns == ("hand", "camp-e")
 
 

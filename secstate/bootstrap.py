@@ -5,29 +5,53 @@ from __future__ import annotations
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from domain.context import Clock
 from domain.ledger import Ledger
 from domain.reader import LedgerReader
 from domain.secrets import ApiKeyCodec, Argon2Parameters, KeyRing, LazyKeyRing, PasswordHasher
-from projections.base import SQLITE_VIEW_LOCK_TIMEOUT, ViewDB
 from secstate import keyring
 from secstate.keyring import sealed_key_ids
 from secstate.settings import Settings
-from secstate.store import (
-    ensure_ledger_tables,
-    postgres_schema,
-    private_dir,
-    private_sqlite_file,
-)
-from secstate.store import ensure_postgres_schema as ensure_postgres_schema
-from secstate.store import postgres_connection as postgres_connection
+
+if TYPE_CHECKING:
+    import psycopg
+from store.files import private_dir, private_sqlite_file
 from store.log import log_store
+from store.setup import StoreConfig, ensure_ledger_tables
+from store.setup import ensure_postgres_schema as _ensure_postgres_schema
+from store.setup import postgres_connection as _postgres_connection
+from store.setup import postgres_schema as _postgres_schema
+from store.viewdb import SQLITE_VIEW_LOCK_TIMEOUT, ViewDB
+
+
+def store_config(settings: Settings) -> StoreConfig:
+    """Where the settings say the store is, as the ``store`` package takes it."""
+    return StoreConfig(
+        home=settings.home,
+        postgres=settings.postgres_params() if settings.uses_postgres else None,
+        sqlite_lock_timeout=settings.sqlite_lock_timeout,
+    )
 
 
 def ensure_home(settings: Settings) -> Path:
-    """The data directory, created 0700 or checked and tightened (``secstate.store``)."""
+    """The data directory, created 0700 or checked and tightened (``store.files``)."""
     return private_dir(settings.home, "SECSTATE_HOME")
+
+
+def postgres_schema(settings: Settings) -> str:
+    """The configured schema, refused unless a plain lower-case name."""
+    return _postgres_schema(store_config(settings))
+
+
+def postgres_connection(settings: Settings) -> psycopg.Connection[Any]:
+    """An autocommit connection of its own to the settings' database."""
+    return _postgres_connection(store_config(settings))
+
+
+def ensure_postgres_schema(settings: Settings) -> None:
+    _ensure_postgres_schema(store_config(settings))
 
 
 def store_env(settings: Settings, sqlite_file: str) -> dict[str, str]:
@@ -78,7 +102,7 @@ def build_hasher(settings: Settings) -> PasswordHasher:
 
 def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
     """The ledger on the configured store, its tables created if this is the store's
-    first use (once, under the setup lock: ``secstate.store.ensure_ledger_tables``)."""
+    first use (once, under the setup lock: ``store.setup.ensure_ledger_tables``)."""
     if settings.uses_postgres:
         postgres_schema(settings)  # refuse a bad name before it goes anywhere
     env = ledger_env(settings)
@@ -99,7 +123,7 @@ def build_ledger(settings: Settings, clock: Clock | None = None) -> Ledger:
         api_key_use_interval=timedelta(seconds=settings.api_key_use_interval),
     )
     try:
-        ensure_ledger_tables(settings, ledger)
+        ensure_ledger_tables(store_config(settings), ledger)
     except BaseException:
         ledger.close()
         raise
@@ -115,7 +139,7 @@ def build_reader(settings: Settings) -> LedgerReader:
     env["CREATE_TABLE"] = "no"
     reader = LedgerReader(env, log=log_store)
     try:
-        ensure_ledger_tables(settings, reader)
+        ensure_ledger_tables(store_config(settings), reader)
     except BaseException:
         reader.close()
         raise

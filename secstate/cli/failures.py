@@ -23,10 +23,14 @@ _SQLITE_ENVIRONMENT = frozenset((3, 5, 6, 8, 10, 11, 13, 14, 23, 26))
 _FUNCTIONS = {
     ("secstate.bootstrap", "ensure_home"): "creating the secstate home directory",
     ("secstate.bootstrap", "load_keyring"): "reading the key ring",
-    ("secstate.locks", "exclusive"): "taking the rebuild lock",
+    ("store.locks", "exclusive"): "taking the rebuild lock",
 }
+# Helpers that do a job for whoever called them: the caller's frame says what it was.
+_ON_BEHALF = ("store.files",)
 _MODULES = (
     ("secstate.bootstrap", "opening the store"),
+    ("store.viewdb", "using the read views"),
+    ("store.", "opening the store"),
     ("eventsourcing.", "using the event store"),
     ("domain.", "using the event store"),
     ("projections.", "using the read views"),
@@ -75,6 +79,8 @@ def _from_frames(tb: TracebackType | None) -> str | None:
         tb = tb.tb_next
     for frame in reversed(frames):
         module = str(frame.f_globals.get("__name__", ""))
+        if module in _ON_BEHALF:
+            continue
         found = _FUNCTIONS.get((module, frame.f_code.co_name))
         if found:
             return found

@@ -16,9 +16,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 
 from domain.errors import SecStateError
-from secstate.bootstrap import ensure_home
-from secstate.settings import Settings
-from secstate.store import open_lock_file, postgres_connection, private_dir
+from store.files import open_lock_file, private_dir
+from store.setup import StoreConfig, postgres_connection, postgres_schema
 
 
 class JobAlreadyRunningError(SecStateError):
@@ -26,8 +25,9 @@ class JobAlreadyRunningError(SecStateError):
 
 
 @contextmanager
-def _file_lock(settings: Settings, job: str) -> Iterator[None]:
-    directory = private_dir(ensure_home(settings) / "views", "the views directory")
+def _file_lock(where: StoreConfig, job: str) -> Iterator[None]:
+    home = private_dir(where.home, "SECSTATE_HOME")
+    directory = private_dir(home / "views", "the views directory")
     fd = open_lock_file(directory / f".{job}.lock")
     try:
         try:
@@ -42,12 +42,11 @@ def _file_lock(settings: Settings, job: str) -> Iterator[None]:
 
 
 @contextmanager
-def _advisory_lock(settings: Settings, job: str) -> Iterator[None]:
+def _advisory_lock(where: StoreConfig, job: str) -> Iterator[None]:
     import psycopg
 
-    schema = settings.postgres_params().get("POSTGRES_SCHEMA") or "public"
-    key = f"secstate:{schema}:{job}"
-    with postgres_connection(settings) as conn:
+    key = f"secstate:{postgres_schema(where)}:{job}"
+    with postgres_connection(where) as conn:
         row = conn.execute(
             "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,)
         ).fetchone()
@@ -67,10 +66,10 @@ def _advisory_lock(settings: Settings, job: str) -> Iterator[None]:
 
 
 @contextmanager
-def exclusive(settings: Settings, jobs: Sequence[str]) -> Iterator[None]:
+def exclusive(where: StoreConfig, jobs: Sequence[str]) -> Iterator[None]:
     """Hold every job's lock (taken in sorted order, so two callers cannot deadlock)."""
-    lock = _advisory_lock if settings.uses_postgres else _file_lock
+    lock = _advisory_lock if where.postgres is not None else _file_lock
     with ExitStack() as stack:
         for job in sorted(set(jobs)):
-            stack.enter_context(lock(settings, job))
+            stack.enter_context(lock(where, job))
         yield

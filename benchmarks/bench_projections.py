@@ -83,18 +83,21 @@ from benchmarks.common import (
 )
 from domain.account import Account
 from domain.context import Actor, ActorKind, RequestContext, Stamp
+from domain.decoder import EventDecoder
 from domain.ledger import Ledger
 from domain.user import User
 from domain.values import AccountKind, Role
-from projections.base import REBUILD_BATCHES_PER_COMMIT, Follower, ViewDB, rebuild_together
-from projections.fastlog import EventDecoder, LogReader
+from projections.follower import Follower, view_follower
 from projections.pointintime import state_at
+from projections.rebuild import REBUILD_BATCHES_PER_COMMIT, rebuild_together
 from projections.registry import make_view
 from projections.timeline import TimelineView, ip_to_bytes
 from projections.timeline_query import fetch_page, parse_filter
 from secstate.bootstrap import build_ledger, ensure_postgres_schema, open_view_db
 from secstate.demo import parse_demo_options, run_demo
 from secstate.settings import Settings
+from store.log import LogReader
+from store.viewdb import ViewDB
 
 DEFAULT_ACCOUNTS = 17_500  # ~58.5 events an account at seed 2015: just over a million events
 DEFAULT_SEED = 2015
@@ -491,7 +494,7 @@ def rebuild_view(settings: Settings, ledger: Ledger, name: str, batch_size: int)
     """One ``Follower.rebuild`` (the shadow build and the swap), timed without the opening."""
     db = open_view_db(settings, name)
     try:
-        follower = Follower(ledger, make_view(name), db, batch_size)
+        follower = view_follower(ledger, make_view(name), db, batch_size)
         throttle = Throttle(15.0)
 
         def progress(done: int, total: int) -> None:
@@ -539,7 +542,7 @@ def _rebuild_in_child(
     with opening:
         ledger = build_ledger(settings)
         db = open_view_db(settings, name)
-        follower = Follower(ledger, make_view(name), db, batch_size)
+        follower = view_follower(ledger, make_view(name), db, batch_size)
     try:
         ready.set()
         go.wait()
@@ -614,7 +617,7 @@ def rebuild_both_together(settings: Settings, ledger: Ledger, batch_size: int) -
         for name in VIEWS:
             db = open_view_db(settings, name)
             try:
-                followers.append(Follower(ledger, make_view(name), db, batch_size))
+                followers.append(view_follower(ledger, make_view(name), db, batch_size))
             except BaseException:
                 db.close()
                 raise
@@ -629,7 +632,7 @@ def rebuild_both_together(settings: Settings, ledger: Ledger, batch_size: int) -
         return watch.spent()
     finally:
         for follower in followers:
-            follower.db.close()
+            follower.sink.db.close()  # type: ignore[attr-defined]  # a view's sink
 
 
 def rebuild_cli(settings: Settings, batch_size: int) -> Spent:
@@ -771,7 +774,7 @@ def ensure_views(settings: Settings, ledger: Ledger, batch_size: int) -> None:
     for name in VIEWS:
         db = open_view_db(settings, name)
         try:
-            follower = Follower(ledger, make_view(name), db, batch_size)
+            follower = view_follower(ledger, make_view(name), db, batch_size)
             behind = follower.head() - follower.position()
             if behind:
                 log(f"catching {name} up by {behind:,} events (untimed)")

@@ -30,7 +30,6 @@ from domain.ledger import Ledger
 from domain.replay import apply
 from domain.user import User
 from domain.values import ENVELOPE_FIELDS, is_secret_field
-from projections.base import event_type_name
 from projections.pointintime import as_utc
 from projections.state.document import (
     Document,
@@ -41,6 +40,7 @@ from projections.state.document import (
     render_user,
     user_record,
 )
+from projections.view import event_type_name
 
 SubjectKind = Literal["account", "user", "api_key"]
 

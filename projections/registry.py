@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Callable
 
 from domain.errors import SecStateError
-from projections.base import View
+from projections.view import View
 
 
 class UnknownProjectionError(SecStateError):

@@ -20,18 +20,11 @@ from types import TracebackType
 from typing import Any, Literal
 
 from domain.ledger import Ledger
-from projections.base import (
-    Follower,
-    FollowerStatus,
-    ProgressFn,
-    ProjectionError,
-    ProjectionFailedError,
-    ViewDB,
-    ViewError,
-    read_last_error,
-    read_position,
-)
+from projections.errors import ProjectionError, ProjectionFailedError
+from projections.follower import Follower, ProgressFn, view_follower
 from projections.registry import check_names, make_view
+from projections.sql import ViewDB
+from projections.status import FollowerStatus, ViewError, read_last_error, read_position
 from secstate.bootstrap import open_view_db
 from secstate.settings import Settings
 
@@ -225,7 +218,7 @@ class Runner:
                 view = make_view(name)
                 db = open_view_db(self.settings, name)
                 try:
-                    follower = Follower(self.ledger, view, db, self.batch_size)
+                    follower = view_follower(self.ledger, view, db, self.batch_size)
                 except BaseException:
                     db.close()
                     raise
@@ -308,7 +301,7 @@ class Runner:
             log.warning("view %s: cannot reconnect yet: %s", run.name, e)
             return
         try:
-            follower = Follower(self.ledger, make_view(run.name), db, self.batch_size)
+            follower = view_follower(self.ledger, make_view(run.name), db, self.batch_size)
         except Exception as e:
             db.close()
             log.warning("view %s: cannot reconnect yet: %s", run.name, e)
@@ -352,7 +345,7 @@ class Runner:
         try:
             follower.record_error(follower.position(), None, message)
         except Exception as e:  # the view database itself may be what is failing
-            log.debug("could not record the error of %s: %s", follower.view.name, e)
+            log.debug("could not record the error of %s: %s", follower.name, e)
 
     @staticmethod
     def _safe_position(follower: Follower, default: int) -> int:

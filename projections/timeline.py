@@ -28,18 +28,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from domain.values import ENVELOPE_FIELDS, is_secret_field
-from projections.base import (
-    TRUSTED_TOPIC_PREFIX,
-    Dialect,
-    ProjectionFailedError,
-    Tx,
-    View,
-    ViewDB,
-    compact_json,
-    event_type_name,
-    sqlite_pragmas,
-)
+from projections.errors import ProjectionFailedError
+from projections.sql import Dialect, Tx, ViewDB
 from projections.summaries import Names, Summariser, summariser_for
+from projections.view import TRUSTED_TOPIC_PREFIX, View, compact_json, event_type_name
 
 TIMELINE = "timeline"
 TOUCH = "timeline_touch"
@@ -328,7 +320,7 @@ class TimelineView(View):
         if missing:
             # SQLite's sorter may hand runs to helper threads (off by default): an index
             # build over a million rows is mostly sorting, ~30% faster with two.
-            with sqlite_pragmas(tx, threads=INDEX_SORTER_THREADS):
+            with tx.pragmas(threads=INDEX_SORTER_THREADS):
                 for name in missing:
                     tx.execute(
                         f"CREATE INDEX {self.i(name)} ON {self.t(TIMELINE)} "

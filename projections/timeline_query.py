@@ -21,7 +21,7 @@ from domain.errors import InvalidCommandError
 from domain.rules import normalise_ip, normalise_network
 from domain.text import check_actor_id
 from domain.values import ContextEvent, natural_id
-from projections.base import Dialect, ViewDB
+from projections.sql import Dialect, ViewDB
 from projections.timeline import IDS, TIMELINE, TOUCH, from_micros, ip_to_bytes, to_micros
 
 Order = Literal["asc", "desc"]

@@ -48,7 +48,7 @@ from domain.ledger import Ledger
 from domain.secrets import Argon2Parameters, PasswordHasher, totp_code_at_step, totp_step
 from domain.user import User
 from domain.values import AccountKind, Role
-from projections.base import event_type_name
+from projections.view import event_type_name
 from secstate.bootstrap import build_ledger
 from secstate.settings import Settings
 

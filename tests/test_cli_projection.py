@@ -16,11 +16,11 @@ from test_followers import DENIED, FragileView, PositionsView, all_positions, se
 from domain.context import RequestContext
 from domain.ledger import Ledger
 from projections.registry import VIEWS
-from secstate.bootstrap import build_ledger, open_view_db
+from secstate.bootstrap import build_ledger, open_view_db, store_config
 from secstate.cli import run
 from secstate.demo import run_demo
-from secstate.locks import exclusive
 from secstate.settings import Settings
+from store.locks import exclusive
 
 
 @dataclass
@@ -173,7 +173,7 @@ def test_second_rebuild_of_a_view_is_refused_while_one_runs(
 ) -> None:
     # given a rebuild of the positions view in progress (its lock held elsewhere)
     write_events(ledger, ctx, accounts=2, per_account=5)
-    with exclusive(settings, ["rebuild-positions"]):
+    with exclusive(store_config(settings), ["rebuild-positions"]):
         # when another rebuild of it starts
         refused = cli("project", "rebuild", "positions", "fragile")
         # then it is refused at once with one clear line, and builds nothing

@@ -17,21 +17,19 @@ from eventsourcing.persistence import Notification, StoredEvent
 
 from domain.commands import OpenAccount
 from domain.context import RequestContext
+from domain.decoder import EventDecoder
 from domain.errors import DamagedHistoryError
 from domain.ledger import Ledger
-from projections.base import (
-    Follower,
-    ProjectionFailedError,
-    UntrustedTopicError,
-    ViewDB,
-    rebuild_together,
-)
-from projections.fastlog import EventDecoder, LogReader, RawRow
+from domain.ports import RawRow
+from projections.errors import ProjectionFailedError, UntrustedTopicError
+from projections.follower import view_follower
+from projections.rebuild import rebuild_together
 from projections.state import StateView
 from projections.timeline import TimelineView
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.demo import DemoOptions, run_demo
 from secstate.settings import Settings
+from store.viewdb import ViewDB
 
 DEMO = DemoOptions(accounts=30, weeks=6, employees=6, seed=11)  # ~2,000 events, 27 types
 VIEW_TABLES = {
@@ -50,7 +48,7 @@ def demo_ledger(settings: Settings) -> Iterator[Ledger]:
 
 
 def whole_log(ledger: Ledger) -> list[RawRow]:
-    reader = LogReader(ledger)
+    reader = ledger.log_store
     rows: list[RawRow] = []
     start = 1
     while batch := reader.read(start, 997):
@@ -112,7 +110,7 @@ def test_decoder_makes_the_mappers_event_for_every_event_of_a_demo_history(
     # given every stored event of a demo history
     rows = whole_log(demo_ledger)
     assert len({row[3] for row in rows}) >= 25
-    decoder = EventDecoder(demo_ledger)
+    decoder = EventDecoder(demo_ledger.mapper)
     assert decoder.shortcut
     # when each is decoded by the fast decoder and by the ledger's mapper
     # then both make the same event
@@ -156,10 +154,10 @@ def test_decoder_hands_what_its_shortcut_cannot_read_exactly_to_the_mapper(
     except DamagedHistoryError:
         # then a state that does not fit its class is refused by both, naming the row
         with pytest.raises(DamagedHistoryError, match=r"field entry_id"):
-            EventDecoder(ledger).decode(row)
+            EventDecoder(ledger.mapper).decode(row)
         return
     # then it is the mapper's event
-    assert same_event(EventDecoder(ledger).decode(row), expected)
+    assert same_event(EventDecoder(ledger.mapper).decode(row), expected)
 
 
 def test_decoder_refuses_a_topic_outside_secstate_before_importing_it(ledger: Ledger) -> None:
@@ -167,7 +165,7 @@ def test_decoder_refuses_a_topic_outside_secstate_before_importing_it(ledger: Le
     row = synthetic("os:system", "{}", position=7)
     # when / then it is refused, naming the position and the topic
     with pytest.raises(UntrustedTopicError, match=r"position 7.*'os:system'"):
-        EventDecoder(ledger).decode(row)
+        EventDecoder(ledger.mapper).decode(row)
 
 
 def test_rebuild_refuses_an_untrusted_topic_and_leaves_the_live_view_alone(
@@ -176,7 +174,7 @@ def test_rebuild_refuses_an_untrusted_topic_and_leaves_the_live_view_alone(
     # given views following a demo history, then an event with a foreign topic stored
     db = open_view_db(settings, "timeline")
     try:
-        follower = Follower(demo_ledger, TimelineView(), db)
+        follower = view_follower(demo_ledger, TimelineView(), db)
         follower.catch_up()
         before = dump(db, VIEW_TABLES["timeline"])
         demo_ledger.recorder.insert_events([StoredEvent(uuid.uuid4(), 1, "builtins:dict", b"{}")])
@@ -200,7 +198,7 @@ def test_rebuilt_views_are_byte_identical_to_the_incremental_ones_on_a_demo_hist
     dbs = {name: open_view_db(settings, name) for name in VIEW_TABLES}
     try:
         views = {"state": StateView(), "timeline": TimelineView()}
-        followers = [Follower(demo_ledger, views[n], dbs[n], batch_size=150) for n in dbs]
+        followers = [view_follower(demo_ledger, views[n], dbs[n], batch_size=150) for n in dbs]
         for follower in followers:
             follower.catch_up()
         incremental = {name: dump(db, VIEW_TABLES[name]) for name, db in dbs.items()}
@@ -231,7 +229,7 @@ def test_awkward_text_reads_back_the_same_whether_inserted_or_copied(
     db = open_view_db(settings, "timeline")
     try:
         # when the timeline follows them one at a time (one-row batches are INSERTed)
-        follower = Follower(ledger, TimelineView(), db, batch_size=1)
+        follower = view_follower(ledger, TimelineView(), db, batch_size=1)
         follower.catch_up()
         one_by_one = dump(db, VIEW_TABLES["timeline"])
         # and is rebuilt (a batch of several rows: PostgreSQL COPYs it)

@@ -20,16 +20,20 @@ from typing import Any
 
 import pytest
 from test_followers import PositionsView, all_positions, seen
+from util import wait_for
 
 from domain.account import Account
 from domain.context import RequestContext, Stamp, SteppedClock
 from domain.ledger import Ledger
 from domain.user import User
 from domain.values import AccountKind, Role
-from projections.base import Follower, Tx, ViewDB, read_position, wait_for
+from projections.follower import view_follower
 from projections.registry import VIEWS, make_view
+from projections.sql import Tx
+from projections.status import read_position
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.settings import Settings
+from store.viewdb import ViewDB
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parent.parent
@@ -285,7 +289,7 @@ def reference_rows(
     """The view built in one uninterrupted pass (up to ``upto``), in a SQLite file."""
     db = ViewDB("sqlite", sqlite_path=path)
     try:
-        Follower(ledger, make_view(name), db).catch_up(stop=upto)
+        view_follower(ledger, make_view(name), db).catch_up(stop=upto)
         return rows_of(db, tables, upto)
     finally:
         db.close()

@@ -12,26 +12,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from util import wait_for
 
 from domain.account import Account
 from domain.context import RequestContext, Stamp
 from domain.ledger import Ledger
 from domain.values import AccountKind
-from projections.base import (
-    Dialect,
-    Follower,
-    ProjectionFailedError,
-    Tx,
-    View,
-    ViewDB,
-    event_type_name,
-    rebuild_together,
-    wait_for,
-)
+from projections.errors import ProjectionFailedError
+from projections.follower import Follower, view_follower
+from projections.rebuild import rebuild_together
 from projections.registry import VIEWS
 from projections.runner import PostgresListener, Runner, view_status
+from projections.sql import Dialect, Tx
+from projections.status import read_position
+from projections.view import View, event_type_name
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.settings import Settings
+from store.viewdb import ViewDB
 
 DENIED = "Account.ControlPanelAccessDenied"
 
@@ -141,14 +138,14 @@ def test_catching_up_again_and_after_a_restart_applies_nothing_twice(
 ) -> None:
     # given a follower that caught up, with a small batch size (several transactions)
     write_events(ledger, ctx, accounts=4, per_account=30)
-    follower = Follower(ledger, PositionsView(), view_db, batch_size=7)
+    follower = view_follower(ledger, PositionsView(), view_db, batch_size=7)
     follower.catch_up()
     # when it catches up again, and a fresh follower on a new connection does too
     assert follower.catch_up() == 0
     write_events(ledger, ctx, accounts=2, per_account=5, prefix="later")
     other_db = open_view_db(settings, "positions")
     try:
-        restarted = Follower(ledger, PositionsView(), other_db, batch_size=7)
+        restarted = view_follower(ledger, PositionsView(), other_db, batch_size=7)
         applied = restarted.catch_up()
     finally:
         other_db.close()
@@ -165,8 +162,8 @@ def test_two_followers_racing_on_one_view_apply_each_event_once(
     write_events(ledger, ctx, accounts=10, per_account=50)
     other_db = open_view_db(settings, "positions")
     followers = [
-        Follower(ledger, PositionsView(), view_db, batch_size=13),
-        Follower(ledger, PositionsView(), other_db, batch_size=13),
+        view_follower(ledger, PositionsView(), view_db, batch_size=13),
+        view_follower(ledger, PositionsView(), other_db, batch_size=13),
     ]
     errors: list[BaseException] = []
 
@@ -193,11 +190,11 @@ def test_redelivered_batch_after_the_position_moved_writes_nothing(
 ) -> None:
     # given a follower that has applied everything
     write_events(ledger, ctx, accounts=2, per_account=5)
-    follower = Follower(ledger, PositionsView(), view_db)
+    follower = view_follower(ledger, PositionsView(), view_db)
     follower.catch_up()
     before = seen(view_db)
     # when the first batch is delivered again from position 0 (a stale reader)
-    position = follower._advance("positions", 0, None, None, None)
+    position = follower._advance(0, None, None, None)
     # then it is refused by the position check, and nothing is duplicated
     assert position == before[-1]
     assert seen(view_db) == before
@@ -256,7 +253,7 @@ def test_follower_raises_projection_failed_error_naming_position_and_type(
     write_events(ledger, ctx, accounts=1, per_account=5, denied_at=2)
     db = open_view_db(settings, "fragile")
     try:
-        follower = Follower(ledger, FragileView(), db)
+        follower = view_follower(ledger, FragileView(), db)
         # when it catches up, then it raises naming position and type
         with pytest.raises(ProjectionFailedError) as caught:
             follower.catch_up()
@@ -314,7 +311,7 @@ def test_rebuild_keeps_the_old_rows_visible_until_the_swap_then_matches_incremen
 ) -> None:
     # given a view built incrementally, then damaged so old and new content differ
     write_events(ledger, ctx, accounts=5, per_account=40)
-    follower = Follower(ledger, PositionsView(), view_db, batch_size=10)
+    follower = view_follower(ledger, PositionsView(), view_db, batch_size=10)
     follower.catch_up()
     incremental = seen(view_db)
     with view_db.transaction() as tx:
@@ -357,7 +354,7 @@ def test_rebuild_while_the_runner_follows_ends_with_each_event_once(
             if next(writes, None) is not None:
                 write_events(ledger, ctx, accounts=1, per_account=10, prefix=f"w{done}x")
 
-        Follower(ledger, PositionsView(), db, batch_size=20).rebuild(write_more)
+        view_follower(ledger, PositionsView(), db, batch_size=20).rebuild(write_more)
         # then once the runner caught up, every event is there exactly once
         assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
     finally:
@@ -457,8 +454,8 @@ def test_views_rebuilt_from_one_shared_scan_match_their_incremental_builds(
     dbs = {name: open_view_db(settings, name) for name in ("state", "timeline")}
     try:
         followers = [
-            Follower(ledger, StateView(), dbs["state"], batch_size=17),
-            Follower(ledger, TimelineView(), dbs["timeline"], batch_size=17),
+            view_follower(ledger, StateView(), dbs["state"], batch_size=17),
+            view_follower(ledger, TimelineView(), dbs["timeline"], batch_size=17),
         ]
         for follower in followers:
             follower.catch_up()
@@ -471,7 +468,7 @@ def test_views_rebuilt_from_one_shared_scan_match_their_incremental_builds(
         assert position == all_positions(ledger)[-1]
         for name, db in dbs.items():
             assert dump(db, VIEW_TABLES[name]) == incremental[name]
-            assert Follower(ledger, followers[0].view, db).position(name) == position
+            assert read_position(db, name) == position
     finally:
         for db in dbs.values():
             db.close()
@@ -506,7 +503,7 @@ def test_rebuild_leaves_the_connection_settings_it_changed_as_they_were(
             else []
         )
         # when it is rebuilt (indexes and all)
-        position = rebuild_together([Follower(ledger, TimelineView(), db)])
+        position = rebuild_together([view_follower(ledger, TimelineView(), db)])
         # then it is at the head, and the connection's settings are back as they were
         assert position == all_positions(ledger)[-1]
         if db.dialect == "sqlite":

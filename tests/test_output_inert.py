@@ -35,8 +35,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_followers import PositionsView
 
-from projections.base import Tx
 from projections.registry import VIEWS
+from projections.sql import Tx
 from secstate.bootstrap import build_ledger
 from secstate.cli import run
 from secstate.cli.common import STATE

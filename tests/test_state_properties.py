@@ -35,11 +35,12 @@ from domain.errors import SecStateError
 from domain.ledger import Ledger
 from domain.secrets import totp_code_at_step, totp_step
 from domain.values import Role
-from projections.base import Follower, ViewDB
+from projections.follower import view_follower
 from projections.pointintime import state_at
 from projections.state import Document, StateQueries, StateView, state_from_aggregates
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.settings import Settings
+from store.viewdb import ViewDB
 
 PASSWORDS = ("Quartz-Lantern-Meadow-4", "Velvet-Harbour-Signal-8")
 CIDRS = ("203.0.113.0/24", "198.51.100.0/26", "192.0.2.128/25", "2001:db8::/48")
@@ -332,7 +333,7 @@ def check_agreement(
         clock.set(clock.now() + timedelta(seconds=1))
         driver.run(("register", i))
     view = StateQueries(view_db)
-    follower = Follower(ledger, StateView(), view_db, batch_size=batch_size)
+    follower = view_follower(ledger, StateView(), view_db, batch_size=batch_size)
     recorded = [(clock.now(), aggregates_doc(ledger, account, clock.now()))]
     commands = itertools.count(1)
     for actions, pause in steps:
@@ -348,7 +349,7 @@ def check_agreement(
     now = clock.now()
     incremental = view.get_account_state(account, now)
     # when the view is rebuilt from scratch
-    Follower(ledger, StateView(), view_db).rebuild()
+    view_follower(ledger, StateView(), view_db).rebuild()
     rebuilt = view.get_account_state(account, now)
     # then incremental == rebuilt == aggregates, and the past replays as it was recorded
     assert incremental == rebuilt == aggregates_doc(ledger, account, now)

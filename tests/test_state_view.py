@@ -31,12 +31,14 @@ from domain.ledger import Ledger
 from domain.secrets import totp_code_at_step, totp_step
 from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
 from domain.values import Role
-from projections.base import Follower, ProjectionFailedError, ViewDB
+from projections.errors import ProjectionFailedError
+from projections.follower import view_follower
 from projections.state import Document, StateQueries, StateView, state_from_aggregates
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.cli import run
 from secstate.cli.common import STATE
 from secstate.settings import Settings
+from store.viewdb import ViewDB
 
 PASSWORD = "Quartz-Lantern-Meadow-4"
 NEW_PASSWORD = "Velvet-Harbour-Signal-8"
@@ -452,7 +454,7 @@ def world(backend: str, worlds: Worlds) -> World:
 def world_view(world: World) -> Iterator[StateQueries]:
     """The state view of the world's store, caught up."""
     db = world.view_db()
-    Follower(world.ledger, StateView(), db).catch_up()
+    view_follower(world.ledger, StateView(), db).catch_up()
     yield StateQueries(db)
     db.close()
 
@@ -556,12 +558,12 @@ def test_view_maintained_in_small_batches_equals_a_rebuilt_one(
 ) -> None:
     # given a view caught up in batches of 3 after every step
     view = StateQueries(view_db)
-    follower = Follower(ledger, StateView(), view_db, batch_size=3)
+    follower = view_follower(ledger, StateView(), view_db, batch_size=3)
     run_scenario(ledger, clock, ctx, after_step=lambda _label, _t: follower.catch_up())
     as_of = clock.now()
     incremental = view.get_account_state("acme", as_of)
     # when it is rebuilt from scratch
-    Follower(ledger, StateView(), view_db).rebuild()
+    view_follower(ledger, StateView(), view_db).rebuild()
     # then nothing differs, and both equal the aggregates' document
     assert view.get_account_state("acme", as_of) == incremental
     assert incremental == aggregate_doc(ledger, "acme", as_of)
@@ -583,7 +585,7 @@ def test_view_refuses_an_event_type_it_has_no_handler_for(
 ) -> None:
     # given an event of a User event type the view does not know
     ledger.open_account(c.OpenAccount(name="acme"), ctx)
-    Follower(ledger, StateView(), view_db).catch_up()
+    view_follower(ledger, StateView(), view_db).catch_up()
 
     class Unheard:
         TOPIC = "secstate.User.Unheard"

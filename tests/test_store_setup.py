@@ -23,13 +23,15 @@ import pytest
 from conftest import POSTGRES_URL, make_settings, postgres_problem
 
 from domain.errors import StoreBusyError
-from projections import base as base_module
-from projections.base import ERRORS_TABLE, TRACKING_TABLE, Follower, ViewDB, setup_lock_key
+from projections.follower import view_follower
 from projections.state import StateView
+from projections.status import ERRORS_TABLE, TRACKING_TABLE
 from projections.timeline import TimelineView
-from secstate import store as store_module
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.settings import Settings
+from store import setup as store_module
+from store import viewdb as base_module
+from store.viewdb import ViewDB, setup_lock_key
 
 SECSTATE_BIN = Path(sys.executable).with_name("secstate")
 if not SECSTATE_BIN.exists():
@@ -134,13 +136,13 @@ def test_a_store_in_use_opens_and_follows_without_waiting_for_the_setup_lock(
     # given: a store used before (ledger and views set up)
     ledger = build_ledger(settings)
     db = open_view_db(settings, "state")
-    Follower(ledger, StateView(), db)
+    view_follower(ledger, StateView(), db)
     ledger.close()
     # when: another process holds the setup lock while this one opens everything
     with setup_lock_held_elsewhere(settings):
         ledger = build_ledger(settings)
         try:
-            follower = Follower(ledger, StateView(), db)
+            follower = view_follower(ledger, StateView(), db)
             applied = follower.catch_up()
         finally:
             ledger.close()
@@ -160,10 +162,10 @@ def test_view_setup_on_existing_tables_takes_no_write_lock(
     else:
         db = ViewDB("sqlite", sqlite_path=settings.home / "views" / "state.sqlite3", lock_timeout=0)
     try:
-        Follower(ledger, StateView(), db)
+        view_follower(ledger, StateView(), db)
         # when: a long write elsewhere holds the view's lock
         with view_write_locked(settings, db):
-            follower = Follower(ledger, StateView(), db)
+            follower = view_follower(ledger, StateView(), db)
             status = follower.status()
         # then: setting up the follower and reading its status needed no lock
         assert (status.position, status.head) == (0, 0)
@@ -203,7 +205,7 @@ def test_processes_setting_up_one_store_at_once_each_find_it_ready(settings: Set
                 for view in (StateView(), TimelineView()):
                     db = open_view_db(settings, view.name)
                     try:
-                        Follower(ledger, view, db).catch_up()
+                        view_follower(ledger, view, db).catch_up()
                     finally:
                         db.close()
             finally:

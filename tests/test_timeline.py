@@ -21,7 +21,8 @@ from domain.ledger import Ledger
 from domain.secrets import totp_code_at_step, totp_step
 from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
 from domain.values import AccountKind, is_secret_field
-from projections.base import Follower, ViewDB
+from projections.follower import Follower, view_follower
+from projections.sinks import ViewSink
 from projections.timeline import (
     IDS,
     TIMELINE,
@@ -39,6 +40,7 @@ from projections.timeline_query import (
 )
 from secstate.bootstrap import open_view_db
 from secstate.settings import Settings
+from store.viewdb import ViewDB
 
 DAY1 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 DAY2 = DAY1 + timedelta(days=1)
@@ -236,7 +238,7 @@ def view_db(settings: Settings) -> Iterator[ViewDB]:
 
 @pytest.fixture
 def followed(ledger: Ledger, history: History, view_db: ViewDB) -> Follower:
-    follower = Follower(ledger, TimelineView(), view_db)
+    follower = view_follower(ledger, TimelineView(), view_db)
     follower.catch_up()
     return follower
 
@@ -381,9 +383,10 @@ def test_rebuild_gives_the_same_rows_and_indexes_them_before_the_swap(
     followed.rebuild()
     # then
     assert [e.to_dict() for e in query(view_db)] == before
-    assert isinstance(followed.view, TimelineView)
+    assert isinstance(followed.sink, ViewSink)
+    assert isinstance(followed.sink.view, TimelineView)
     with view_db.reading() as tx:
-        assert followed.view.missing_indexes(tx) == []
+        assert followed.sink.view.missing_indexes(tx) == []
 
 
 def test_indexes_are_created_once_the_follower_reaches_the_head(
@@ -391,7 +394,7 @@ def test_indexes_are_created_once_the_follower_reaches_the_head(
 ) -> None:
     # given: batches of 1000+ events build the bare table; shorter ones mean "at the head"
     view = TimelineView()
-    follower = Follower(ledger, view, view_db)
+    follower = view_follower(ledger, view, view_db)
     with view_db.reading() as tx:
         assert len(view.missing_indexes(tx)) == 6
     # when
@@ -407,7 +410,8 @@ def test_a_view_indexed_by_an_earlier_version_gets_todays_indexes_and_loses_the_
 ) -> None:
     # given a timeline indexed as an earlier version did: (event_type, occurred_us) and
     # (occurred_us), without the position
-    view = followed.view
+    assert isinstance(followed.sink, ViewSink)
+    view = followed.sink.view
     assert isinstance(view, TimelineView)
     with view_db.transaction() as tx:
         for name, full in view._indexes(tx).items():

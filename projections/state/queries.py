@@ -12,7 +12,7 @@ from typing import Any
 from domain.account import Account
 from domain.errors import UnknownAccountError, UnknownUserError
 from domain.user import User
-from projections.base import ViewDB
+from projections.sql import ViewDB
 from projections.state.document import Document, Record, render_document, render_user
 from projections.state.storage import ACCOUNTS_TABLE, USERS_TABLE
 

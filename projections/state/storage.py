@@ -9,17 +9,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from domain.account import ApiKeyIndex
-from projections.base import (
-    REBUILD_SUFFIX,
-    Dialect,
-    ProjectionFailedError,
-    Tx,
-    View,
-    compact_json,
-    event_type_name,
-)
+from projections.errors import ProjectionFailedError
+from projections.sql import Dialect, Tx
 from projections.state.document import Record, user_status
 from projections.state.fold import _K, _U, HANDLERS, NO_OP_TOPICS, Handler, _check_version
+from projections.view import REBUILD_SUFFIX, View, compact_json, event_type_name
 
 ACCOUNTS_TABLE = "state_accounts"
 USERS_TABLE = "state_users"

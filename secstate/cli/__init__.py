@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from domain.commands import describe_validation_error
 from domain.errors import DamagedHistoryError, InvalidCommandError, SecStateError
-from projections.base import ProjectionError
+from projections.errors import ProjectionError
 from secstate.cli import failures, render
 from secstate.cli.common import STATE, refresh_console_width, root_callback
 from secstate.cli.store_commands import StoreGroup

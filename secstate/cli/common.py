@@ -20,7 +20,7 @@ from domain.errors import DamagedHistoryError, InvalidCommandError
 from domain.ledger import Ledger
 from domain.rules import normalise_ip
 from domain.text import check_request_id
-from projections.base import Follower
+from projections.follower import Follower
 from secstate.bootstrap import build_ledger
 from secstate.cli import render
 from secstate.cli.render import console, err_console, make_table, text_column
@@ -191,7 +191,7 @@ def catch_up_view(follower: Follower, doing: str) -> int:
         transient=True,
     ) as bar:
         start = follower.position()
-        task = bar.add_task(render.inert(f"{follower.view.name}: {doing}"), total=lag)
+        task = bar.add_task(render.inert(f"{follower.name}: {doing}"), total=lag)
         return follower.catch_up(
             progress=lambda position, target: bar.update(
                 task, completed=position - start, total=target - start

@@ -31,14 +31,18 @@ from rich.text import Text
 
 from domain.errors import DamagedHistoryError
 from domain.ledger import Ledger
-from projections.base import Follower, ProjectionFailedError, View, ViewDB, rebuild_together
+from projections.errors import ProjectionFailedError
+from projections.follower import view_follower
+from projections.rebuild import rebuild_together
 from projections.registry import check_names, make_view, view_names
 from projections.runner import Runner, RunReport, ViewStatus, view_status
-from secstate.bootstrap import build_ledger, open_view_db
+from projections.view import View
+from secstate.bootstrap import build_ledger, open_view_db, store_config
 from secstate.cli.common import STATE, JsonOption, print_json, print_table, say
 from secstate.cli.render import err_console, error, inert, inert_lines, text_column
-from secstate.locks import exclusive
 from secstate.settings import Settings
+from store.locks import exclusive
+from store.viewdb import ViewDB
 
 project_app = typer.Typer(
     help="Keep the read views (state, timeline) up to date with the ledger.",
@@ -300,7 +304,7 @@ def project_rebuild(
     """
     views = {name: make_view(name) for name in dict.fromkeys(names)}
     processes = min(len(views), jobs if jobs is not None else _usable_cpus())
-    with exclusive(STATE.settings, [f"rebuild-{name}" for name in views]):
+    with exclusive(store_config(STATE.settings), [f"rebuild-{name}" for name in views]):
         if processes > 1:
             _rebuild_parallel(list(views), processes, batch_size, json_out)
         else:
@@ -320,7 +324,7 @@ def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
     started = time.monotonic()
     label = ", ".join(views)
     try:
-        followers = [Follower(STATE.ledger, views[n], dbs[n], batch_size) for n in views]
+        followers = [view_follower(STATE.ledger, views[n], dbs[n], batch_size) for n in views]
         head = followers[0].head()
         failure: ProjectionFailedError | None = None
         with _stop_on_signals(stopping.set), _progress() as bars:
@@ -432,7 +436,7 @@ def _rebuild_child(job: _RebuildJob, opening: Any, messages: Any, go: Any, abort
             followers = []
             for name in job.names:
                 dbs.append(open_view_db(job.settings, name))
-                followers.append(Follower(ledger, make_view(name), dbs[-1], job.batch_size))
+                followers.append(view_follower(ledger, make_view(name), dbs[-1], job.batch_size))
         started = time.monotonic()
         built = 0.0
 

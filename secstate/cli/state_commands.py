@@ -20,10 +20,11 @@ from rich.text import Text
 
 from domain.commands import AccountName, Command, parse_command
 from domain.errors import InvalidCommandError, UnknownAccountError
-from projections.base import Follower, FollowerStatus
+from projections.follower import Follower, view_follower
 from projections.history import HistoryEntry, SubjectKind, history
 from projections.pointintime import state_at
 from projections.state import Document, StateQueries, StateView
+from projections.status import FollowerStatus
 from projections.timeline_query import parse_time as iso_time
 from secstate.bootstrap import open_view_db
 from secstate.cli.common import (
@@ -84,7 +85,7 @@ def catch_up_state(follower: Follower) -> None:
 def read_view(account: str, catch_up: bool) -> tuple[Document, FollowerStatus]:
     db = open_view_db(STATE.settings, StateView.name)
     try:
-        follower = Follower(STATE.ledger, StateView(), db)
+        follower = view_follower(STATE.ledger, StateView(), db)
         if catch_up:
             catch_up_state(follower)
         status = follower.status()

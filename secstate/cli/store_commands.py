@@ -14,13 +14,13 @@ import typer
 from typer.core import TyperGroup
 
 from domain.errors import SecStateError
-from projections.base import Follower
+from projections.follower import view_follower
 from projections.registry import make_view, view_names
 from projections.timeline import TimelineView
 from secstate.bootstrap import open_view_db
 from secstate.cli.common import STATE, JsonOption, print_json, say
 from secstate.settings import Settings
-from secstate.store import busy_error
+from store.busy import busy_error
 
 
 class StoreGroup(TyperGroup):
@@ -34,7 +34,8 @@ class StoreGroup(TyperGroup):
         except SecStateError:
             raise  # the ledger's own verdicts, busy ones included
         except Exception as error:
-            busy = busy_error(error, _settings_if_any())
+            settings = _settings_if_any()
+            busy = busy_error(error, settings.sqlite_lock_timeout if settings else None)
             if busy is None:
                 raise
             raise busy from error
@@ -62,7 +63,7 @@ def init_store(json_out: JsonOption = False) -> None:
         db = open_view_db(settings, name)
         try:
             had = db.existing_tables(view.tables)
-            Follower(ledger, view, db)  # creates the view's tables if missing
+            view_follower(ledger, view, db)  # creates the view's tables if missing
             indexed = isinstance(view, TimelineView) and bool(view.ensure_indexes(db))
             if had != set(view.tables) or indexed:
                 created.append(name)

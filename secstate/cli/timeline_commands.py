@@ -20,7 +20,8 @@ from typing import Annotated, Any, Protocol, TextIO
 import typer
 
 from domain.errors import InvalidCommandError
-from projections.base import Follower, ViewDB
+from projections.follower import Follower, view_follower
+from projections.sinks import ViewSink
 from projections.timeline import TimelineView
 from projections.timeline_query import (
     FLAT_FIELDS,
@@ -35,15 +36,17 @@ from secstate.bootstrap import open_view_db
 from secstate.cli import failures
 from secstate.cli.common import STATE, JsonOption, catch_up_view
 from secstate.cli.render import cell, csv_cell, make_console, make_table, say
+from store.viewdb import ViewDB
 
 FORMATS = ("table", "jsonl", "csv", "timesketch-jsonl", "timesketch-csv")
 
 
 def catch_up_timeline(follower: Follower) -> int:
     applied = catch_up_view(follower, "indexing events")
-    follower.view.suffix = ""
-    if isinstance(follower.view, TimelineView):
-        follower.view.ensure_indexes(follower.db)
+    sink = follower.sink
+    if isinstance(sink, ViewSink) and isinstance(sink.view, TimelineView):
+        sink.view.suffix = ""
+        sink.view.ensure_indexes(sink.db)
     return applied
 
 
@@ -316,7 +319,7 @@ def timeline(
     _check_subjects(flt)
     db: ViewDB = open_view_db(STATE.settings, "timeline")
     try:
-        catch_up_timeline(Follower(STATE.ledger, TimelineView(), db))
+        catch_up_timeline(view_follower(STATE.ledger, TimelineView(), db))
         query = TimelineQuery(db, flt)
         with _destination(output) as out:
             if json_out:

@@ -1,15 +1,14 @@
-"""Reading the ledger's log for a rebuild: stored rows straight from the table, and our
-own events decoded without the library's per-object JSON hook.
+"""Decoding stored rows of our own events, fast: the same domain event objects as the
+ledger's trusted mapper makes, without the library's per-object JSON hook.
 
 The library's mapper parses every stored event with ``json.JSONDecoder(object_hook=...)``,
-which calls back into Python for every JSON object, and builds a ``Notification``
-dataclass per row. For a rebuild of a million events that is most of the cost of reading
-the log. Here rows come back as plain tuples, the JSON is parsed by the C decoder alone,
-and only the top-level values that carry a transcoded type (``{"_type_": ..., "_data_":
-...}``: datetimes, UUIDs) are converted, by the transcoder's own transcodings. The result
-is the same domain event object the mapper makes (same class, same ``__dict__``); an
-event this shortcut cannot handle exactly (an encrypted or compressed store, a transcoded
-value nested deeper than the top level, anything unexpected) goes through the mapper.
+which calls back into Python for every JSON object. Here the JSON is parsed by the C
+decoder alone, and only the top-level values that carry a transcoded type (``{"_type_":
+..., "_data_": ...}``: datetimes, UUIDs) are converted, by the transcoder's own
+transcodings. The result is the same domain event the mapper makes (same class, same
+``__dict__``); a row this shortcut cannot handle exactly (an encrypted or compressed
+store, a transcoded value nested deeper than the top level, anything unexpected) goes
+through the mapper.
 
 Topics are looked up in the catalogue of our own classes (``domain.catalogue``) before
 anything is decoded, and nothing is ever imported: others raise ``UntrustedTopicError``.
@@ -28,6 +27,7 @@ from typing import Any
 from eventsourcing.persistence import (
     DatetimeAsISO,
     JSONTranscoder,
+    Mapper,
     Notification,
     Transcoding,
     UUIDAsHex,
@@ -35,15 +35,12 @@ from eventsourcing.persistence import (
 
 from domain.catalogue import event_class, state_problem
 from domain.errors import DamagedHistoryError, UntrustedTopicError
-from domain.ledger import Ledger
-
-# (position, originator id, originator version, topic, state), as stored.
-RawRow = tuple[int, Any, int, str, bytes]
+from domain.ports import RawRow
 
 _TYPE_KEY = '"_type_"'
 # json.loads without its wrapper (a whitespace regex and a Python frame per call): the
 # C scanner of a default decoder, which parses exactly as json.loads does.
-_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # the C scanner takes a decoder
 _new = object.__new__
 _set = object.__setattr__
 _UUID = uuid.UUID
@@ -61,76 +58,11 @@ def untrusted(position: int, topic: str, originator_id: Any, version: int) -> Un
     )
 
 
-class LogReader:
-    """Batches of the ledger's log as plain tuples (``RawRow``), in position order.
-
-    SQLite and PostgreSQL recorders are read with one SQL statement per batch on the
-    recorder's own connection; any other recorder through ``select_notifications``.
-    """
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.recorder: Any = ledger.recorder
-        self._read: Callable[[int, int, int | None], Sequence[RawRow]]
-        from eventsourcing.postgres import PostgresApplicationRecorder
-        from eventsourcing.sqlite import SQLiteApplicationRecorder
-
-        if isinstance(self.recorder, SQLiteApplicationRecorder):
-            self._read = self._read_sqlite
-        elif isinstance(self.recorder, PostgresApplicationRecorder):
-            self._read = self._read_postgres
-        else:
-            self._read = self._read_notifications
-
-    def read(self, start: int, limit: int, stop: int | None = None) -> Sequence[RawRow]:
-        """Up to ``limit`` rows with positions from ``start`` (inclusive) to ``stop``."""
-        return self._read(start, limit, stop)
-
-    def _read_sqlite(self, start: int, limit: int, stop: int | None) -> Sequence[RawRow]:
-        table = self.recorder.events_table_name
-        statement = (
-            f"SELECT rowid, originator_id, originator_version, topic, state FROM {table} "
-            "WHERE rowid >= ?" + (" AND rowid <= ?" if stop is not None else "")
-        )
-        params = (start, stop, limit) if stop is not None else (start, limit)
-        with self.recorder.datastore.transaction(commit=False) as c:
-            c.execute(statement + " ORDER BY rowid LIMIT ?", params)
-            return [tuple(row) for row in c.fetchall()]
-
-    def _read_postgres(self, start: int, limit: int, stop: int | None) -> Sequence[RawRow]:
-        from psycopg.rows import tuple_row
-        from psycopg.sql import SQL, Identifier
-
-        statement = SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state "
-            "FROM {schema}.{table} WHERE notification_id >= %s"
-        ).format(
-            schema=Identifier(self.recorder.datastore.schema),
-            table=Identifier(self.recorder.events_table_name),
-        )
-        if stop is not None:
-            statement += SQL(" AND notification_id <= %s")
-        statement += SQL(" ORDER BY notification_id LIMIT %s")
-        params = (start, stop, limit) if stop is not None else (start, limit)
-        with (
-            self.recorder.datastore.get_connection() as conn,
-            conn.cursor(row_factory=tuple_row) as cur,
-        ):
-            cur.execute(statement, params, prepare=True)
-            rows: list[RawRow] = cur.fetchall()
-        return rows
-
-    def _read_notifications(self, start: int, limit: int, stop: int | None) -> Sequence[RawRow]:
-        return [
-            (n.id, n.originator_id, n.originator_version, n.topic, n.state)
-            for n in self.recorder.select_notifications(start=start, limit=limit, stop=stop)
-        ]
-
-
 class EventDecoder:
     """Stored rows of our own events -> the same domain events as ``ledger.mapper`` makes."""
 
-    def __init__(self, ledger: Ledger) -> None:
-        self.mapper: Any = ledger.mapper
+    def __init__(self, mapper: Mapper[uuid.UUID]) -> None:
+        self.mapper: Any = mapper
         transcoder = self.mapper.transcoder
         # The shortcut reproduces JSONTranscoder.decode exactly; anything else, the mapper.
         self.shortcut = (

@@ -26,7 +26,7 @@ from domain.errors import (
     UnknownAccountError,
     UnknownUserError,
 )
-from domain.ledger import Ledger
+from domain.reader import LedgerReader
 from domain.replay import apply
 from domain.user import User
 from domain.values import ENVELOPE_FIELDS, is_secret_field
@@ -242,7 +242,7 @@ def event_details(event: Any) -> dict[str, Any]:
 # --- replay -------------------------------------------------------------------------------------
 
 
-def _stream(ledger: Ledger, kind: SubjectKind, aggregate_id: uuid.UUID) -> Iterator[Any]:
+def _stream(ledger: LedgerReader, kind: SubjectKind, aggregate_id: uuid.UUID) -> Iterator[Any]:
     for event in ledger.events.get(aggregate_id):
         yield kind, event
 
@@ -259,7 +259,7 @@ def _key_use_lines(event: Any, key_names: dict[str, str]) -> list[str]:
 
 
 def replay(
-    ledger: Ledger,
+    ledger: LedgerReader,
     subjects: Iterable[tuple[SubjectKind, uuid.UUID]],
     since: datetime | None = None,
     until: datetime | None = None,
@@ -323,14 +323,14 @@ def replay(
     return entries
 
 
-def _exists(ledger: Ledger, aggregate_id: uuid.UUID, cls: type) -> bool:
+def _exists(ledger: LedgerReader, aggregate_id: uuid.UUID, cls: type) -> bool:
     for event in ledger.events.get(aggregate_id, limit=1):
         return isinstance(event, cls)
     return False
 
 
 def account_history(
-    ledger: Ledger, name: str, since: datetime | None = None, until: datetime | None = None
+    ledger: LedgerReader, name: str, since: datetime | None = None, until: datetime | None = None
 ) -> list[HistoryEntry]:
     """Events of the account and of every user who is (now) its member."""
     account = ledger.get_account(name)
@@ -342,7 +342,10 @@ def account_history(
 
 
 def user_history(
-    ledger: Ledger, username: str, since: datetime | None = None, until: datetime | None = None
+    ledger: LedgerReader,
+    username: str,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[HistoryEntry]:
     user_id = User.create_id(username)
     if not _exists(ledger, user_id, User.Registered):
@@ -351,7 +354,7 @@ def user_history(
 
 
 def resolve_subject(
-    ledger: Ledger, ref: str, force: SubjectKind | None = None
+    ledger: LedgerReader, ref: str, force: SubjectKind | None = None
 ) -> tuple[SubjectKind, str]:
     """An account if one has that name, else a user; ``force`` picks one kind only."""
     if force in (None, "account") and _exists(ledger, Account.create_id(ref), Account.Opened):
@@ -366,7 +369,7 @@ def resolve_subject(
 
 
 def history(
-    ledger: Ledger,
+    ledger: LedgerReader,
     ref: str,
     since: datetime | None = None,
     until: datetime | None = None,

@@ -27,7 +27,7 @@ from typing import Any
 
 from domain.account import Account, ApiKeyIndex
 from domain.errors import DamagedHistoryError, SecStateError, UnknownAccountError
-from domain.ledger import Ledger
+from domain.reader import LedgerReader
 from domain.replay import apply, replay
 from domain.user import User
 from projections.state import Document, state_from_aggregates
@@ -47,12 +47,12 @@ def as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def _interval(ledger: Ledger, cls: type) -> int:
+def _interval(ledger: LedgerReader, cls: type) -> int:
     value = ledger.snapshotting_intervals.get(cls)
     return int(value) if value else DEFAULT_INTERVAL
 
 
-def _event_at(ledger: Ledger, aggregate_id: uuid.UUID, version: int) -> Any:
+def _event_at(ledger: LedgerReader, aggregate_id: uuid.UUID, version: int) -> Any:
     for event in ledger.events.get(aggregate_id, gt=version - 1, lte=version, limit=1):
         if event.originator_version == version:
             return event
@@ -64,7 +64,7 @@ def _event_at(ledger: Ledger, aggregate_id: uuid.UUID, version: int) -> Any:
     )
 
 
-def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval: int) -> Any:
+def replay_until(ledger: LedgerReader, aggregate_id: uuid.UUID, at: datetime, interval: int) -> Any:
     """The aggregate as of its last event with ``occurred_at <= at``; None if none is."""
     at = as_utc(at)
     last: Any = next(iter(ledger.events.get(aggregate_id, desc=True, limit=1)), None)
@@ -101,7 +101,7 @@ def replay_until(ledger: Ledger, aggregate_id: uuid.UUID, at: datetime, interval
     return aggregate
 
 
-def account_at(ledger: Ledger, account_name: str, at: datetime) -> Account:
+def account_at(ledger: LedgerReader, account_name: str, at: datetime) -> Account:
     """The Account aggregate as it was at ``at``; clear errors if unknown or not yet opened."""
     at = as_utc(at)
     account_id = Account.create_id(account_name)
@@ -124,7 +124,7 @@ def account_at(ledger: Ledger, account_name: str, at: datetime) -> Account:
     return account
 
 
-def users_at(ledger: Ledger, account: Account, at: datetime) -> list[User]:
+def users_at(ledger: LedgerReader, account: Account, at: datetime) -> list[User]:
     """The account's members as they were at ``at`` (the account already replayed to ``at``)."""
     interval = _interval(ledger, User)
     users = []
@@ -135,7 +135,7 @@ def users_at(ledger: Ledger, account: Account, at: datetime) -> list[User]:
     return users
 
 
-def key_indexes_at(ledger: Ledger, account: Account, at: datetime) -> list[ApiKeyIndex]:
+def key_indexes_at(ledger: LedgerReader, account: Account, at: datetime) -> list[ApiKeyIndex]:
     """The ApiKeyIndex aggregates of the account's keys as they were at ``at``."""
     interval = _interval(ledger, ApiKeyIndex)
     found = []
@@ -146,7 +146,7 @@ def key_indexes_at(ledger: Ledger, account: Account, at: datetime) -> list[ApiKe
     return found
 
 
-def state_at(ledger: Ledger, account_name: str, at: datetime) -> Document:
+def state_at(ledger: LedgerReader, account_name: str, at: datetime) -> Document:
     """The security state document of ``account_name`` as it was at ``at`` (naive = UTC)."""
     at = as_utc(at)
     try:

@@ -57,7 +57,7 @@ def rebuild_together(
     """Rebuild several views of one ledger from a single scan of the log.
 
     Reading and decoding the log costs more than most views' own work, so each batch
-    is read straight from the ledger's table and decoded once (``projections.fastlog``:
+    is read as raw rows through the storage port and decoded once (``LogSource``:
     the same events as the ledger's mapper makes, cheaper), then applied to every view's
     shadow tables (each view in its own transaction, with its own shadow position).
     When all reach the head (and their indexes are built), each is swapped in. A failure

@@ -174,5 +174,3 @@ def open_lock_file(path: Path) -> int:
             raise _refuse_link(path) from None
         raise
     return _checked(path, fd)
-
-

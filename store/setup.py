@@ -192,5 +192,3 @@ def _create_missing(recorders: Sequence[Any]) -> bool:
     for recorder in missing:
         recorder.create_table()  # the library's own DDL
     return bool(missing)
-
-

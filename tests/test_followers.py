@@ -22,12 +22,14 @@ from projections.errors import ProjectionFailedError
 from projections.follower import Follower, view_follower
 from projections.rebuild import rebuild_together
 from projections.registry import VIEWS
-from projections.runner import PostgresListener, Runner, view_status
 from projections.sql import Dialect, Tx
 from projections.status import read_position
 from projections.view import View, event_type_name
 from secstate.bootstrap import build_ledger, open_view_db
+from secstate.followers import follower_report
+from secstate.runner import Runner
 from secstate.settings import Settings
+from store.notify import PostgresListener
 from store.viewdb import ViewDB
 
 DENIED = "Account.ControlPanelAccessDenied"
@@ -220,7 +222,7 @@ def test_failing_view_stops_at_the_event_and_the_other_view_catches_up(
     with Runner(settings, ledger, ["positions", "fragile"], batch_size=50) as runner:
         report = runner.run(once=True)
     # then the fragile view stopped just before the bad event, naming it
-    by_name = {v.name: v for v in report.views}
+    by_name = {v.name: v for v in report.followers}
     fragile = by_name["fragile"]
     assert fragile.failed_position == denied[0]
     assert fragile.failed_event_type == DENIED
@@ -238,12 +240,12 @@ def test_failing_view_stops_at_the_event_and_the_other_view_catches_up(
     assert by_name["positions"].error is None
     assert by_name["positions"].position == head
     # and the status shows the stored error
-    status = view_status(settings, ledger, "fragile")
+    status = follower_report(settings, ledger, "fragile")
     assert status.state == "failed"
     assert status.last_error is not None
     assert status.last_error.position == denied[0]
     assert status.last_error.event_type == DENIED
-    assert view_status(settings, ledger, "positions").state == "caught up"
+    assert follower_report(settings, ledger, "positions").state == "caught up"
 
 
 def test_follower_raises_projection_failed_error_naming_position_and_type(
@@ -300,7 +302,7 @@ def test_runner_follows_new_events_until_stopped_and_keeps_its_position(
     report = outcome[0]
     assert report.interrupted
     assert report.failed == []
-    assert report.views[0].position == all_positions(ledger)[-1]
+    assert report.followers[0].position == all_positions(ledger)[-1]
 
 
 # --- rebuild -----------------------------------------------------------------------------
@@ -426,15 +428,15 @@ def test_postgres_runner_survives_losing_its_view_connection(
         write_events(ledger, ctx, accounts=1, per_account=3)
         assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
         # when the server drops the view's connection
-        run = runner.views[0]
+        run = runner.followers[0]
         with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-            pid = run.db._pg.info.backend_pid
+            pid = run.follower.sink.db._pg.info.backend_pid
             assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
         write_events(ledger, ctx, accounts=2, per_account=3, prefix="after")
         # then it reconnects and catches up, each event once, and the error is cleared
         assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=30)
-        assert run.db._pg.info.backend_pid != pid
-        assert wait_for(lambda: view_status(settings, ledger, "positions").last_error is None)
+        assert run.follower.sink.db._pg.info.backend_pid != pid
+        assert wait_for(lambda: follower_report(settings, ledger, "positions").last_error is None)
     finally:
         runner.stop()
         thread.join()

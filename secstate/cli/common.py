@@ -18,10 +18,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from domain.context import Actor, RequestContext
 from domain.errors import DamagedHistoryError, InvalidCommandError
 from domain.ledger import Ledger
+from domain.reader import LedgerReader
 from domain.rules import normalise_ip
 from domain.text import check_request_id
 from projections.follower import Follower
-from secstate.bootstrap import build_ledger
+from secstate.bootstrap import build_ledger, build_reader
 from secstate.cli import render
 from secstate.cli.render import console, err_console, make_table, text_column
 from secstate.settings import Settings
@@ -48,6 +49,7 @@ class CliState:
         self.request_id: str | None = None
         self._settings: Settings | None = None
         self._ledger: Ledger | None = None
+        self._reader: LedgerReader | None = None
 
     @property
     def settings(self) -> Settings:
@@ -60,6 +62,16 @@ class CliState:
         if self._ledger is None:
             self._ledger = build_ledger(self.settings)
         return self._ledger
+
+    @property
+    def reader(self) -> LedgerReader:
+        """For commands that only read: the log and aggregates, and no key ring at all
+        (the ledger itself, if this command opened it already)."""
+        if self._ledger is not None:
+            return self._ledger
+        if self._reader is None:
+            self._reader = build_reader(self.settings)
+        return self._reader
 
     def request_context(self) -> RequestContext:
         """The root options as the context every event of this command carries; each bad
@@ -92,12 +104,16 @@ class CliState:
 
     def locate(self, error: DamagedHistoryError) -> DamagedHistoryError:
         """``error`` naming the log position of its row, if the ledger was opened."""
-        return self._ledger.locate(error) if self._ledger is not None else error
+        opened = self._ledger or self._reader
+        return opened.locate(error) if opened is not None else error
 
     def close(self) -> None:
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._settings = None
 
 

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import queue
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Annotated, Any
@@ -29,20 +25,14 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from domain.errors import DamagedHistoryError
-from domain.ledger import Ledger
-from projections.errors import ProjectionFailedError
-from projections.follower import view_follower
-from projections.rebuild import rebuild_together
-from projections.registry import check_names, make_view, view_names
-from projections.runner import Runner, RunReport, ViewStatus, view_status
-from projections.view import View
-from secstate.bootstrap import build_ledger, open_view_db, store_config
+from projections.registry import make_view, view_names
+from secstate.bootstrap import store_config
 from secstate.cli.common import STATE, JsonOption, print_json, print_table, say
 from secstate.cli.render import err_console, error, inert, inert_lines, text_column
-from secstate.settings import Settings
+from secstate.followers import FollowerReport, check_follower_names, follower_names, follower_report
+from secstate.rebuilding import RebuildOutcome, rebuild_here, rebuild_in_processes
+from secstate.runner import Runner, RunReport
 from store.locks import exclusive
-from store.viewdb import ViewDB
 
 project_app = typer.Typer(
     help="Keep the read views (state, timeline) up to date with the ledger.",
@@ -150,7 +140,7 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 def project_run(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="Views to run (default: all): " + ", ".join(view_names())),
+        typer.Argument(help="Followers to run (default: all): " + ", ".join(follower_names())),
     ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Catch up to the current head, then exit.")
@@ -169,12 +159,12 @@ def project_run(
     ] = 0.5,
 ) -> None:
     """Follow the ledger and keep views up to date until SIGINT/SIGTERM (or --once)."""
-    chosen = check_names(names or [])
+    chosen = check_follower_names(names or [])
     with (
         _logging_to_stderr(),
         Runner(
             STATE.settings,
-            STATE.ledger,
+            STATE.reader,
             chosen,
             batch_size=batch_size,
             poll_interval=poll_interval,
@@ -192,26 +182,26 @@ def project_run(
 
 
 def _run_once_with_progress(runner: Runner) -> RunReport:
-    head = int(STATE.ledger.recorder.max_notification_id() or 0)
+    head = STATE.reader.log_store.head()
     with _progress() as bars:
         tasks: dict[str, TaskID] = {
             run.name: bars.add_task(
                 inert(run.name), total=max(head, run.position), completed=run.position
             )
-            for run in runner.views
+            for run in runner.followers
         }
 
         def progress(name: str, position: int, target: int) -> None:
             bars.update(tasks[name], completed=position, total=target)
 
         report = runner.run(once=True, progress=progress)
-        for run in report.views:  # a failed view's bar shows where it stopped
+        for run in report.followers:  # a failed view's bar shows where it stopped
             bars.update(tasks[run.name], completed=run.position)
         return report
 
 
 def _finish(report: RunReport, once: bool) -> None:
-    for run in report.views:
+    for run in report.followers:
         if run.error is None:
             say(f"{run.name}: position {run.position} (+{run.applied} events)")
         else:
@@ -222,10 +212,10 @@ def _finish(report: RunReport, once: bool) -> None:
         say("stopped cleanly; positions saved")
 
 
-def _status_json(status: ViewStatus) -> dict[str, object]:
+def _status_json(status: FollowerReport) -> dict[str, object]:
     error = status.last_error
     return {
-        "view": status.view,
+        "view": status.name,
         "state": status.state,
         "position": status.position,
         "head": status.head,
@@ -247,8 +237,8 @@ def project_status(
     json_out: JsonOption = False,
 ) -> None:
     """Each view's position, the log head, the lag and the last error, if any."""
-    chosen = check_names(names or [])
-    statuses = [view_status(STATE.settings, STATE.ledger, name) for name in chosen]
+    chosen = check_follower_names(names or [])
+    statuses = [follower_report(STATE.settings, STATE.reader, name) for name in chosen]
     if json_out:
         print_json(
             {
@@ -262,7 +252,7 @@ def project_status(
         ["view", "state", "position", "head", "lag", "last error"],
         [
             (
-                s.view,
+                s.name,
                 s.state,
                 s.position,
                 s.head,
@@ -302,11 +292,11 @@ def project_rebuild(
     log with --jobs 1. Readers keep seeing the old views until the swap, which happens
     only once every view is built. A failure leaves them untouched.
     """
-    views = {name: make_view(name) for name in dict.fromkeys(names)}
+    views = [make_view(name).name for name in dict.fromkeys(names)]  # known views only
     processes = min(len(views), jobs if jobs is not None else _usable_cpus())
     with exclusive(store_config(STATE.settings), [f"rebuild-{name}" for name in views]):
         if processes > 1:
-            _rebuild_parallel(list(views), processes, batch_size, json_out)
+            _rebuild_parallel(views, processes, batch_size, json_out)
         else:
             _rebuild(views, batch_size, json_out)
 
@@ -318,40 +308,67 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def _rebuild(views: dict[str, View], batch_size: int, json_out: bool) -> None:
-    dbs = {name: open_view_db(STATE.settings, name) for name in views}
+def _rebuild(names: list[str], batch_size: int, json_out: bool) -> None:
     stopping = threading.Event()
-    started = time.monotonic()
-    label = ", ".join(views)
-    try:
-        followers = [view_follower(STATE.ledger, views[n], dbs[n], batch_size) for n in views]
-        head = followers[0].head()
-        failure: ProjectionFailedError | None = None
-        with _stop_on_signals(stopping.set), _progress() as bars:
-            task = bars.add_task(inert(f"rebuild {label}"), total=head)
-            try:
-                position = rebuild_together(
-                    followers,
-                    lambda done, target: bars.update(task, completed=done, total=target),
-                    stopping=stopping,
-                )
-            except ProjectionFailedError as e:
-                failure = e
-            else:
-                bars.update(task, completed=max(position, 0))
-        if failure is not None:  # said once the progress bar is gone
-            unchanged = "view is" if len(views) == 1 else "views are"
-            error(f"error: {failure}; the live {unchanged} unchanged")
-            damaged = isinstance(failure.cause, DamagedHistoryError)
-            raise typer.Exit(EXIT_DAMAGED if damaged else EXIT_FAILED) from None
-    finally:
-        for db in dbs.values():
-            db.close()
-    if position < 0:
+    label = ", ".join(names)
+    with _stop_on_signals(stopping.set), _progress() as bars:
+        task = bars.add_task(inert(f"rebuild {label}"), total=STATE.reader.log_store.head())
+        outcome = rebuild_here(
+            STATE.settings,
+            STATE.reader,
+            names,
+            batch_size,
+            lambda done, target: bars.update(task, completed=done, total=target),
+            stopping,
+        )
+        if outcome.complete:
+            bars.update(task, completed=outcome.position)
+    _finish_rebuild(outcome, json_out)
+
+
+def _rebuild_parallel(names: list[str], jobs: int, batch_size: int, json_out: bool) -> None:
+    """Each group of views rebuilt by its own process, swapped in once all are built."""
+    head = STATE.reader.log_store.head()
+    groups = [names[i::jobs] for i in range(jobs)]
+    stopping = threading.Event()
+    with _stop_on_signals(stopping.set), _progress() as bars:
+        tasks = [
+            bars.add_task(inert("rebuild " + ", ".join(group)), total=head) for group in groups
+        ]
+        outcome = rebuild_in_processes(
+            STATE.settings,
+            names,
+            jobs,
+            batch_size,
+            head,
+            lambda group, position: bars.update(tasks[group], completed=position),
+            stopping,
+        )
+    _finish_rebuild(outcome, json_out)
+
+
+def _finish_rebuild(outcome: RebuildOutcome, json_out: bool) -> None:
+    """Say how the rebuild ended, with the exit code of its kind."""
+    if outcome.error is not None:
+        if outcome.swapped:  # one process failed while swapping in, after all were built
+            tail = f"{', '.join(outcome.swapped)} swapped in, the other live views are unchanged"
+        elif len(outcome.names) == 1:
+            tail = "the live view is unchanged"
+        else:
+            tail = "the live views are unchanged"
+        error(f"error: {outcome.error}; {tail}")
+        raise typer.Exit(EXIT_DAMAGED if outcome.damaged else EXIT_FAILED)
+    if not outcome.complete:
         error("rebuild interrupted; the live views are unchanged")
-        raise typer.Exit(EXIT_INTERRUPTED)
-    seconds = time.monotonic() - started
-    _report_rebuild(list(views), 1, position, seconds, dict.fromkeys(views, seconds), json_out)
+        raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else EXIT_FAILED)
+    _report_rebuild(
+        outcome.names,
+        len(outcome.groups),
+        outcome.position,
+        outcome.seconds,
+        outcome.built,
+        json_out,
+    )
 
 
 def _report_rebuild(
@@ -386,185 +403,6 @@ def _report_rebuild(
         )
     else:
         say(f"rebuilt {label} up to position {position} in {seconds:.1f}s; swapped in")
-
-
-# --- rebuild in parallel processes ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _RebuildJob:
-    """What one child process rebuilds (it opens its own ledger and view databases)."""
-
-    index: int
-    names: tuple[str, ...]
-    settings: Settings
-    batch_size: int
-    stop_at: int
-    parent_pid: int
-
-
-class _ChildStop:
-    """Set when the parent says abort, this child got SIGTERM, or the parent is gone."""
-
-    def __init__(self, abort: Any, parent_pid: int) -> None:
-        self.abort = abort
-        self.parent_pid = parent_pid
-        self.terminated = threading.Event()
-
-    def is_set(self) -> bool:
-        return self.abort.is_set() or self.terminated.is_set() or os.getppid() != self.parent_pid
-
-
-def _rebuild_child(job: _RebuildJob, opening: Any, messages: Any, go: Any, abort: Any) -> None:
-    """A child's whole rebuild: build the shadows up to ``job.stop_at``, say "ready", and
-    swap them in only once the parent sets ``go`` (never if it sets ``abort``).
-
-    Every outcome goes back through ``messages`` as one final tuple: ("done", position
-    or -1 if not swapped, build seconds), ("failed", message) or ("crashed", message).
-    """
-    # Ctrl-C reaches the whole process group: the parent alone decides what happens.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    stop = _ChildStop(abort, job.parent_pid)
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.terminated.set())
-    ledger: Ledger | None = None
-    dbs: list[ViewDB] = []
-    try:
-        # Two processes creating the same PostgreSQL tables at once can fail with "tuple
-        # concurrently updated": open one at a time.
-        with opening:
-            ledger = build_ledger(job.settings)
-            followers = []
-            for name in job.names:
-                dbs.append(open_view_db(job.settings, name))
-                followers.append(view_follower(ledger, make_view(name), dbs[-1], job.batch_size))
-        started = time.monotonic()
-        built = 0.0
-
-        def progress(done: int, target: int) -> None:
-            messages.put(("progress", job.index, done))
-
-        def before_swap(position: int) -> bool:
-            nonlocal built
-            built = time.monotonic() - started
-            messages.put(("ready", job.index, position))
-            while not go.is_set() and not stop.is_set():
-                go.wait(0.2)
-            return bool(go.is_set())
-
-        position = rebuild_together(
-            followers, progress, stop, stop_at=job.stop_at, before_swap=before_swap
-        )
-        messages.put(("done", job.index, position, built))
-    except ProjectionFailedError as e:
-        damaged = isinstance(e.cause, DamagedHistoryError)
-        messages.put(("damaged" if damaged else "failed", job.index, str(e)))
-    except BaseException as e:  # the parent reports it; this process only ends
-        messages.put(("crashed", job.index, f"{type(e).__name__}: {e}"))
-    finally:
-        for db in dbs:
-            db.close()
-        if ledger is not None:
-            ledger.close()
-
-
-def _rebuild_parallel(names: list[str], jobs: int, batch_size: int, json_out: bool) -> None:
-    """Each group of views rebuilt by its own process (its own scan and decode of the log,
-    its own GIL), all up to the same head, swapped in only once all are built."""
-    groups = [tuple(names[i::jobs]) for i in range(jobs)]
-    started = time.monotonic()
-    head = int(STATE.ledger.recorder.max_notification_id() or 0)
-    context = multiprocessing.get_context("spawn")  # no copy of this process's connections
-    opening, messages, go, abort = context.Lock(), context.Queue(), context.Event(), context.Event()
-    children = [
-        context.Process(
-            target=_rebuild_child,
-            args=(
-                _RebuildJob(i, group, STATE.settings, batch_size, head, os.getpid()),
-                opening,
-                messages,
-                go,
-                abort,
-            ),
-            name="secstate-rebuild-" + "-".join(group),
-            daemon=True,
-        )
-        for i, group in enumerate(groups)
-    ]
-    stopping = threading.Event()
-    ready: set[int] = set()
-    outcome: dict[int, tuple[Any, ...]] = {}
-    missing: dict[int, int] = {}
-    with _stop_on_signals(stopping.set), _progress() as bars:
-        tasks = [
-            bars.add_task(inert("rebuild " + ", ".join(group)), total=head) for group in groups
-        ]
-        try:
-            for child in children:
-                child.start()
-            while len(outcome) < len(children):
-                if not go.is_set() and not abort.is_set():
-                    if stopping.is_set() or any(o[0] != "done" for o in outcome.values()):
-                        abort.set()
-                    elif len(ready) == len(children):
-                        go.set()
-                try:
-                    message = messages.get(timeout=0.2)
-                except queue.Empty:
-                    for i, child in enumerate(children):
-                        # Its last message may still be in the pipe: wait one more round.
-                        if i not in outcome and not child.is_alive():
-                            missing[i] = missing.get(i, 0) + 1
-                            if missing[i] > 2:
-                                outcome[i] = (
-                                    "crashed",
-                                    f"the rebuild process of {', '.join(groups[i])} ended "
-                                    f"unexpectedly (exit code {child.exitcode})",
-                                )
-                    continue
-                kind, i, *rest = message
-                if kind == "progress":
-                    bars.update(tasks[i], completed=rest[0])
-                elif kind == "ready":
-                    ready.add(i)
-                    bars.update(tasks[i], completed=rest[0])
-                else:
-                    outcome[i] = (kind, *rest)
-        finally:
-            if not go.is_set():
-                abort.set()
-            for child in children:
-                child.join(timeout=60)
-                if child.is_alive():
-                    child.terminate()
-                    child.join()
-    _report_parallel(groups, outcome, stopping.is_set(), time.monotonic() - started, json_out)
-
-
-def _report_parallel(
-    groups: list[tuple[str, ...]],
-    outcome: dict[int, tuple[Any, ...]],
-    interrupted: bool,
-    seconds: float,
-    json_out: bool,
-) -> None:
-    swapped = [i for i, o in outcome.items() if o[0] == "done" and o[1] >= 0]
-    errors = [str(o[1]) for o in outcome.values() if o[0] != "done"]
-    if errors:
-        if swapped:  # one process failed while swapping in, after all were built
-            done = ", ".join(n for i in sorted(swapped) for n in groups[i])
-            tail = f"{done} swapped in, the other live views are unchanged"
-        else:
-            tail = "the live views are unchanged"
-        error(f"error: {errors[0]}; {tail}")
-        damaged = any(o[0] == "damaged" for o in outcome.values())
-        raise typer.Exit(EXIT_DAMAGED if damaged else EXIT_FAILED)
-    if len(swapped) < len(groups):
-        error("rebuild interrupted; the live views are unchanged")
-        raise typer.Exit(EXIT_INTERRUPTED if interrupted else EXIT_FAILED)
-    position = int(outcome[0][1])
-    built = {name: float(outcome[i][2]) for i, group in enumerate(groups) for name in group}
-    names = [name for group in groups for name in group]
-    _report_rebuild(names, len(groups), position, seconds, built, json_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -85,7 +85,7 @@ def catch_up_state(follower: Follower) -> None:
 def read_view(account: str, catch_up: bool) -> tuple[Document, FollowerStatus]:
     db = open_view_db(STATE.settings, StateView.name)
     try:
-        follower = view_follower(STATE.ledger, StateView(), db)
+        follower = view_follower(STATE.reader, StateView(), db)
         if catch_up:
             catch_up_state(follower)
         status = follower.status()
@@ -262,7 +262,7 @@ def state_command(
     source: dict[str, Any]
     if at is not None:
         moment = parse_time(at, "--at", "state")
-        doc = state_at(STATE.ledger, account, moment)
+        doc = state_at(STATE.reader, account, moment)
         source = {"kind": "event_store", "at": moment.isoformat()}
     else:
         doc, status = read_view(account, catch_up=not no_catch_up)
@@ -334,7 +334,7 @@ def history_command(
         raise InvalidCommandError("history", problems)
     ref = parse_command(_SubjectQuery, ref=ref).ref
     force: SubjectKind | None = "user" if as_user else "account" if as_account else None
-    kind, entries = history(STATE.ledger, ref, start, end, force)
+    kind, entries = history(STATE.reader, ref, start, end, force)
     if json_out:
         print_json(
             {

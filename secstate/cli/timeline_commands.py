@@ -220,9 +220,9 @@ def _naming_write_errors(doing: str, path: Path | None) -> Iterator[None]:
 def _check_subjects(flt: TimelineFilter) -> None:
     """An unknown account or user is a mistake to report, not an empty timeline."""
     if flt.account is not None:
-        STATE.ledger.get_account(flt.account)
+        STATE.reader.get_account(flt.account)
     if flt.user is not None:
-        STATE.ledger.get_user(flt.user)
+        STATE.reader.get_user(flt.user)
 
 
 def build_filter(fmt: str, json_out: bool, **inputs: Any) -> TimelineFilter:
@@ -319,7 +319,7 @@ def timeline(
     _check_subjects(flt)
     db: ViewDB = open_view_db(STATE.settings, "timeline")
     try:
-        catch_up_timeline(view_follower(STATE.ledger, TimelineView(), db))
+        catch_up_timeline(view_follower(STATE.reader, TimelineView(), db))
         query = TimelineQuery(db, flt)
         with _destination(output) as out:
             if json_out:

@@ -1,0 +1,144 @@
+"""Every follower of the log this installation runs, by name: how to open one on the
+configured store, and where it stands without opening it.
+
+The read views (``projections.registry``) are registered here as view followers; a
+follower of another kind (the Kafka relay, the integrity log) registers a
+``FollowerKind`` of its own with ``register``. The runner (``secstate.runner``) and
+``secstate project`` know followers only through this module. Followers are opened
+from a ``LedgerReader``: no follower holds the application keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal, Protocol
+
+from domain.reader import LedgerReader
+from projections.follower import Follower, view_follower
+from projections.registry import UnknownProjectionError, make_view, view_names
+from projections.status import FollowerStatus, ViewError, read_last_error, read_position
+from secstate.bootstrap import open_view_db
+from secstate.settings import Settings
+
+
+@dataclass
+class OpenedFollower:
+    """A follower ready to run, and how to release what it holds (its connections)."""
+
+    follower: Follower
+    close: Callable[[], None]
+
+
+class FollowerKind(Protocol):
+    """One registered follower: opened on demand, its standing read without opening it."""
+
+    @property
+    def name(self) -> str: ...
+
+    def open(self, settings: Settings, reader: LedgerReader, batch_size: int) -> OpenedFollower:
+        """The follower on the configured store (tables created if missing)."""
+        ...
+
+    def stored(self, settings: Settings) -> tuple[int | None, ViewError | None]:
+        """Its saved position (None if it never ran) and last error, creating nothing."""
+        ...
+
+
+@dataclass(frozen=True)
+class ViewFollowerKind:
+    """A read view's follower: its rows and position in its own view database."""
+
+    name: str
+
+    def open(self, settings: Settings, reader: LedgerReader, batch_size: int) -> OpenedFollower:
+        db = open_view_db(settings, self.name)
+        try:
+            follower = view_follower(reader, make_view(self.name), db, batch_size)
+        except BaseException:
+            db.close()
+            raise
+        return OpenedFollower(follower, db.close)
+
+    def stored(self, settings: Settings) -> tuple[int | None, ViewError | None]:
+        db = open_view_db(settings, self.name)
+        try:
+            return read_position(db, self.name), read_last_error(db, self.name)
+        finally:
+            db.close()
+
+
+_OTHERS: dict[str, FollowerKind] = {}  # followers that are not views, by name
+
+
+def _followers() -> dict[str, FollowerKind]:
+    """Every registered follower: each read view, and the others."""
+    return {**{name: ViewFollowerKind(name) for name in view_names()}, **_OTHERS}
+
+
+def register(kind: FollowerKind) -> None:
+    """Make ``kind`` known to the runner and to ``project status`` by its name."""
+    if kind.name in _followers():
+        raise ValueError(f"a follower named {kind.name!r} is registered already")
+    _OTHERS[kind.name] = kind
+
+
+def follower_names() -> list[str]:
+    return sorted(_followers())
+
+
+def check_follower_names(names: list[str]) -> list[str]:
+    """The names asked for, in order without repeats; every registered one if none."""
+    if not names:
+        return follower_names()
+    known = _followers()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UnknownProjectionError(
+            f"unknown projection {', '.join(repr(n) for n in unknown)}; "
+            f"known: {', '.join(follower_names())}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def open_follower(
+    settings: Settings, reader: LedgerReader, name: str, batch_size: int = 2000
+) -> OpenedFollower:
+    check_follower_names([name])
+    return _followers()[name].open(settings, reader, batch_size)
+
+
+Standing = Literal["not started", "caught up", "behind", "failed"]
+
+
+@dataclass(frozen=True)
+class FollowerReport:
+    """Where one follower stands against the log's head."""
+
+    name: str
+    position: int
+    head: int
+    lag: int
+    state: Standing
+    last_error: ViewError | None
+
+    @property
+    def failed_at(self) -> datetime | None:
+        return self.last_error.failed_at if self.last_error else None
+
+
+def follower_report(settings: Settings, reader: LedgerReader, name: str) -> FollowerReport:
+    """Where a follower stands, read without creating its tables."""
+    check_follower_names([name])
+    head = reader.log_store.head()
+    position, error = _followers()[name].stored(settings)
+    status = FollowerStatus(name, position or 0, head, error)
+    state: Standing
+    if error is not None:
+        state = "failed"
+    elif position is None:
+        state = "not started"
+    else:
+        state = "caught up" if status.lag == 0 else "behind"
+    return FollowerReport(name, status.position, head, status.lag, state, error)

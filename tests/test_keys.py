@@ -408,6 +408,58 @@ def test_readers_need_no_key_ring_and_create_none(
     assert not reader.ring_file.exists()
 
 
+def test_the_read_side_never_asks_for_the_key_ring(
+    cli: Cli, new_host: Callable[[str], Host], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a store with sealed values (a TOTP seed, a DKIM private key)
+    a = new_host("a")
+    first_ring(cli, a)
+    alice = enrol_user(cli, a, "acme", "alice")
+    cli.ok(a, "dkim", "generate", "acme", "acme.example", "s1")
+    # and a process in which loading a key ring, by any path, fails the test
+    from secstate import bootstrap
+    from secstate import keyring as keyring_module
+
+    def no_ring(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a reader asked for the key ring")
+
+    monkeypatch.setattr(bootstrap, "load_keyring", no_ring)
+    monkeypatch.setattr(keyring_module, "load_keyring", no_ring)
+    # when every read of the ledger and every follower command runs
+    for args in (
+        ("state", "acme", "--json"),
+        ("state", "acme", "--at", "2100-01-01T00:00:00Z", "--json"),
+        ("history", "alice", "--json"),
+        ("timeline", "--account", "acme", "--json"),
+        ("project", "run", "--once"),
+        ("project", "status", "--json"),
+        ("project", "rebuild", "state", "timeline", "--jobs", "1"),
+        ("account", "show", "acme", "--json"),
+        ("user", "show", "alice", "--json"),
+        ("dkim", "list", "acme", "--json"),
+    ):
+        # then each works without it
+        cli.ok(a, *args)
+    # and the followers the runner supervises are built from a reader that has no ring
+    from domain.ledger import Ledger
+    from secstate.bootstrap import build_reader
+    from secstate.runner import Runner
+
+    settings = a.settings()
+    reader = build_reader(settings)
+    try:
+        assert not isinstance(reader, Ledger)
+        assert not hasattr(reader, "keyring")
+        with Runner(settings, reader) as runner:
+            assert runner.run(once=True).failed == []
+    finally:
+        reader.close()
+    # when a command must open the sealed seed, then it asks for the ring, and only then
+    confirm = cli(a, "totp", "confirm", "alice", alice.factor_id, code_now(alice.seed))
+    assert confirm.code != 0
+    assert "a reader asked for the key ring" in confirm.err
+
+
 def test_demo_without_a_usable_ring_writes_nothing(
     cli: Cli, new_host: Callable[[str], Host]
 ) -> None:

@@ -45,6 +45,7 @@ from domain.secrets import (
 )
 from domain.user import totp_aad
 from secstate.settings import Settings
+from store.files import private_dir
 
 KEYRING_FILE = "keyring.json"
 ENV_SOURCE = "SECSTATE_KEYS"
@@ -323,9 +324,8 @@ def file_mode_problem(path: Path) -> str | None:
 
 
 def _ensure_home(settings: Settings) -> Path:
-    from secstate.bootstrap import ensure_home  # bootstrap imports this module
-
-    return ensure_home(settings)
+    """The data directory, created 0700 or checked and tightened, as the store's is."""
+    return private_dir(settings.home, "SECSTATE_HOME")
 
 
 # --- the ring this host uses ------------------------------------------------------------------

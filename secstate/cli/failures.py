@@ -22,6 +22,7 @@ _SQLITE_ENVIRONMENT = frozenset((3, 5, 6, 8, 10, 11, 13, 14, 23, 26))
 # (module, function) or module prefix -> what the program was doing there; innermost wins.
 _FUNCTIONS = {
     ("secstate.bootstrap", "ensure_home"): "creating the secstate home directory",
+    ("secstate.keyring", "_ensure_home"): "creating the secstate home directory",
     ("secstate.bootstrap", "load_keyring"): "reading the key ring",
     ("store.locks", "exclusive"): "taking the rebuild lock",
 }

@@ -89,7 +89,7 @@ from domain.user import User
 from domain.values import AccountKind, Role
 from projections.follower import Follower, view_follower
 from projections.pointintime import state_at
-from projections.rebuild import REBUILD_BATCHES_PER_COMMIT, rebuild_together
+from projections.rebuild import REBUILD_BATCHES_PER_COMMIT, rebuild, rebuild_together
 from projections.registry import make_view
 from projections.timeline import TimelineView, ip_to_bytes
 from projections.timeline_query import fetch_page, parse_filter
@@ -502,7 +502,7 @@ def rebuild_view(settings: Settings, ledger: Ledger, name: str, batch_size: int)
                 log(f"rebuild {name}: {done:,}/{total:,}")
 
         watch = Stopwatch()
-        position = follower.rebuild(progress)
+        position = rebuild(follower, progress)
         return Built(name, watch.spent(), position)
     finally:
         db.close()
@@ -547,7 +547,7 @@ def _rebuild_in_child(
         ready.set()
         go.wait()
         cpu = time.process_time()
-        follower.rebuild()
+        rebuild(follower)
         out.put(time.process_time() - cpu)
     finally:
         db.close()

@@ -15,17 +15,33 @@ import json
 import uuid
 from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, StoredEvent
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Mapper, StoredEvent
 
 from domain import commands as cmd
+from domain.account import Account
 from domain.context import RequestContext, Stamp
-from domain.ports import ResetRow
+from domain.ports import LogStore, ResetRow
 from domain.user import ResetStatus, User
 
-if TYPE_CHECKING:
-    from domain.ledger import Ledger
+T = TypeVar("T")
+
+
+class CampaignLedger(Protocol):
+    """What a campaign needs of the ledger it runs on (``domain.ledger.Ledger``)."""
+
+    bulk_batch_size: int
+    log_store: LogStore
+    mapper: Mapper[uuid.UUID]
+
+    def _check_actor(self, ctx: RequestContext) -> None: ...
+    def _retrying(self, attempt: Callable[[], T]) -> T: ...
+    def _get_user_by_id(self, user_id: uuid.UUID) -> User: ...
+    def stamp(self, ctx: RequestContext) -> Stamp: ...
+    def save(self, *objs: Any, **kwargs: Any) -> Any: ...
+    def get_account(self, name: str) -> Account: ...
+    def get_user(self, username: str) -> User: ...
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,7 @@ def user_topics() -> list[str]:
 class ResetCampaign:
     """One run of a bulk reset campaign on a ledger."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: CampaignLedger) -> None:
         self.ledger = ledger
 
     def require_password_resets(

@@ -142,12 +142,6 @@ class Follower:
             self.sink.caught_up()
         return position - start
 
-    def rebuild(self, progress: ProgressFn | None = None, stopping: StopFlag | None = None) -> int:
-        """Rebuild this view beside the live one and swap it in (``projections.rebuild``)."""
-        from projections.rebuild import rebuild
-
-        return rebuild(self, progress, stopping)
-
     def run_forever(
         self,
         stopping: threading.Event,

@@ -23,7 +23,7 @@ from domain.ledger import Ledger
 from domain.ports import RawRow
 from projections.errors import ProjectionFailedError, UntrustedTopicError
 from projections.follower import view_follower
-from projections.rebuild import rebuild_together
+from projections.rebuild import rebuild, rebuild_together
 from projections.state import StateView
 from projections.timeline import TimelineView
 from secstate.bootstrap import build_ledger, open_view_db
@@ -180,7 +180,7 @@ def test_rebuild_refuses_an_untrusted_topic_and_leaves_the_live_view_alone(
         demo_ledger.recorder.insert_events([StoredEvent(uuid.uuid4(), 1, "builtins:dict", b"{}")])
         # when the view is rebuilt
         with pytest.raises(ProjectionFailedError) as failed:
-            follower.rebuild()
+            rebuild(follower)
         # then the rebuild stops at that event, without importing it, and the live view
         # is as it was
         assert isinstance(failed.value.cause, UntrustedTopicError)
@@ -233,7 +233,7 @@ def test_awkward_text_reads_back_the_same_whether_inserted_or_copied(
         follower.catch_up()
         one_by_one = dump(db, VIEW_TABLES["timeline"])
         # and is rebuilt (a batch of several rows: PostgreSQL COPYs it)
-        follower.rebuild()
+        rebuild(follower)
         # then the rows are the same, and the text is as it was given
         assert dump(db, VIEW_TABLES["timeline"]) == one_by_one
         with db.reading() as tx:

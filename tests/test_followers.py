@@ -20,7 +20,7 @@ from domain.ledger import Ledger
 from domain.values import AccountKind
 from projections.errors import ProjectionFailedError
 from projections.follower import Follower, view_follower
-from projections.rebuild import rebuild_together
+from projections.rebuild import rebuild, rebuild_together
 from projections.registry import VIEWS
 from projections.sql import Dialect, Tx
 from projections.status import read_position
@@ -323,7 +323,7 @@ def test_rebuild_keeps_the_old_rows_visible_until_the_swap_then_matches_incremen
     seen_during: list[list[int]] = []
     try:
         # when it is rebuilt, a reader looking on each batch
-        position = follower.rebuild(lambda done, total: seen_during.append(seen(reader)))
+        position = rebuild(follower, lambda done, total: seen_during.append(seen(reader)))
         after = seen(reader)
     finally:
         reader.close()
@@ -356,7 +356,7 @@ def test_rebuild_while_the_runner_follows_ends_with_each_event_once(
             if next(writes, None) is not None:
                 write_events(ledger, ctx, accounts=1, per_account=10, prefix=f"w{done}x")
 
-        view_follower(ledger, PositionsView(), db, batch_size=20).rebuild(write_more)
+        rebuild(view_follower(ledger, PositionsView(), db, batch_size=20), write_more)
         # then once the runner caught up, every event is there exactly once
         assert wait_for(lambda: seen(db) == all_positions(ledger), timeout=20)
     finally:

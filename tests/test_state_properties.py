@@ -37,6 +37,7 @@ from domain.secrets import totp_code_at_step, totp_step
 from domain.values import Role
 from projections.follower import view_follower
 from projections.pointintime import state_at
+from projections.rebuild import rebuild
 from projections.state import Document, StateQueries, StateView, state_from_aggregates
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.settings import Settings
@@ -349,7 +350,7 @@ def check_agreement(
     now = clock.now()
     incremental = view.get_account_state(account, now)
     # when the view is rebuilt from scratch
-    view_follower(ledger, StateView(), view_db).rebuild()
+    rebuild(view_follower(ledger, StateView(), view_db))
     rebuilt = view.get_account_state(account, now)
     # then incremental == rebuilt == aggregates, and the past replays as it was recorded
     assert incremental == rebuilt == aggregates_doc(ledger, account, now)

@@ -33,6 +33,7 @@ from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
 from domain.values import Role
 from projections.errors import ProjectionFailedError
 from projections.follower import view_follower
+from projections.rebuild import rebuild
 from projections.state import Document, StateQueries, StateView, state_from_aggregates
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.cli import run
@@ -563,7 +564,7 @@ def test_view_maintained_in_small_batches_equals_a_rebuilt_one(
     as_of = clock.now()
     incremental = view.get_account_state("acme", as_of)
     # when it is rebuilt from scratch
-    view_follower(ledger, StateView(), view_db).rebuild()
+    rebuild(view_follower(ledger, StateView(), view_db))
     # then nothing differs, and both equal the aggregates' document
     assert view.get_account_state("acme", as_of) == incremental
     assert incremental == aggregate_doc(ledger, "acme", as_of)

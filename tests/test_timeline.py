@@ -22,6 +22,7 @@ from domain.secrets import totp_code_at_step, totp_step
 from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
 from domain.values import AccountKind, is_secret_field
 from projections.follower import Follower, view_follower
+from projections.rebuild import rebuild
 from projections.sinks import ViewSink
 from projections.timeline import (
     IDS,
@@ -380,7 +381,7 @@ def test_rebuild_gives_the_same_rows_and_indexes_them_before_the_swap(
     # given: a rebuild never catches up, so only its own hook can index the new tables
     before = [e.to_dict() for e in query(view_db)]
     # when
-    followed.rebuild()
+    rebuild(followed)
     # then
     assert [e.to_dict() for e in query(view_db)] == before
     assert isinstance(followed.sink, ViewSink)

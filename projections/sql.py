@@ -3,7 +3,8 @@
 The implementation is ``store.viewdb`` (SQLite files and PostgreSQL schemas); the wiring
 hands it in. Views write SQL with ``?`` placeholders, and ask the database for what the
 dialects do differently (a locked row, many rows at once, connection settings), so no
-view branches on the database; ``dialect`` remains for DDL types and index catalogs.
+view branches on the database for its writes; ``dialect`` remains for DDL types and
+for the query plans the timeline picks per database.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ class Tx(Protocol):
         self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
     ) -> None: ...
     def existing_tables(self, names: Sequence[str]) -> set[str]: ...
+    def index_names(self, table: str) -> list[str]: ...
+    def lock_for_indexing(self, table: str) -> None: ...
+    def analyze(self, table: str) -> None: ...
+    def statistics_stale(self, table: str, size: int) -> bool: ...
 
 
 class ViewDB(Protocol):

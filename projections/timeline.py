@@ -279,23 +279,12 @@ class TimelineView(View):
 
     def _indexes(self, tx: Tx) -> dict[str, str]:
         """The (current) table's indexes: name without its build token -> full name."""
-        table = self.t(TIMELINE)
-        if tx.dialect == "sqlite":
-            rows = tx.query_all(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)
-            )
-        else:
-            rows = tx.query_all(
-                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
-                "AND tablename = ?",
-                (table,),
-            )
         # Index names carry a per-build token (see View.i): ``<name>_<8 hex digits>``.
         found = {}
-        for row in rows:
-            match = _TOKENED.fullmatch(str(row[0]))
+        for name in tx.index_names(self.t(TIMELINE)):
+            match = _TOKENED.fullmatch(name)
             if match:
-                found[match.group(1)] = str(row[0])
+                found[match.group(1)] = name
         return found
 
     def missing_indexes(self, tx: Tx) -> list[str]:
@@ -310,12 +299,12 @@ class TimelineView(View):
 
     def create_missing_indexes(self, tx: Tx) -> list[str]:
         missing = self.missing_indexes(tx)
-        if missing and tx.dialect == "postgres":
+        if missing:
             # Index names carry a per-instance token, so two processes indexing at once
             # would each create a set. The live table's callers hold the setup lock
             # already; a rebuild's shadow is its own. This lock also keeps writers out
             # while the indexes are built (readers are not blocked). Then look again.
-            tx.execute(f"LOCK TABLE {self.t(TIMELINE)} IN SHARE ROW EXCLUSIVE MODE")
+            tx.lock_for_indexing(self.t(TIMELINE))
             missing = self.missing_indexes(tx)
         if missing:
             # SQLite's sorter may hand runs to helper threads (off by default): an index
@@ -334,25 +323,13 @@ class TimelineView(View):
     def analyze(self, tx: Tx) -> None:
         """Refresh planner statistics: without them SQLite may sort a million rows by
         position when walking the primary key would stop after fifty."""
-        if tx.dialect == "sqlite":
-            tx.execute("PRAGMA analysis_limit = 1000")  # sample; exact counts cost a scan
-        tx.execute(f"ANALYZE {self.t(TIMELINE)}")
+        tx.analyze(self.t(TIMELINE))
 
     def _stats_stale(self, tx: Tx) -> bool:
-        """SQLite only (PostgreSQL's autovacuum analyzes): grown tenfold since analyzed?"""
-        if tx.dialect != "sqlite":
-            return False
+        """Grown tenfold since last analyzed (never on PostgreSQL, whose autovacuum does)?"""
         row = tx.query_one(f"SELECT MAX(position) FROM {self.t(TIMELINE)}")
         size = int(row[0] or 0)
-        if size < STATS_MIN_ROWS:
-            return False
-        if not tx.query_one("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"):
-            return True
-        stat = tx.query_one(
-            "SELECT stat FROM sqlite_stat1 WHERE tbl = ? LIMIT 1", (self.t(TIMELINE),)
-        )
-        analysed = int(str(stat[0]).split()[0]) if stat else 0
-        return size > 10 * analysed
+        return size >= STATS_MIN_ROWS and tx.statistics_stale(self.t(TIMELINE), size)
 
     def after_build(self, tx: Tx) -> None:
         """A rebuild holds the whole log: index it once, before the swap."""
@@ -398,20 +375,9 @@ class TimelineView(View):
                 "ON CONFLICT (id) DO NOTHING",
                 new_ids,
             )
-        if tx.dialect == "postgres" and len(rows) > 1:
-            # COPY: under half the time of executemany's INSERTs (~9 against ~21 us a
-            # row at a million, client and server); a conflict still fails the batch.
-            with tx.cursor.copy(
-                f"COPY {self.t(TIMELINE)} ({', '.join(INSERT_COLUMNS)}) FROM STDIN"
-            ) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        else:
-            tx.executemany(
-                f"INSERT INTO {self.t(TIMELINE)} ({', '.join(INSERT_COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(INSERT_COLUMNS))})",
-                rows,
-            )
+        # PostgreSQL's COPY: under half the time of INSERTs (~9 against ~21 us a row at a
+        # million, client and server); a conflict still fails the batch.
+        tx.copy_rows(self.t(TIMELINE), INSERT_COLUMNS, rows)
         if touches:
             tx.executemany(
                 f"INSERT INTO {self.t(TOUCH)} (position, account) VALUES (?, ?)", touches

@@ -245,6 +245,43 @@ class Tx:
             rows,
         )
 
+    def index_names(self, table: str) -> list[str]:
+        """The names of ``table``'s indexes, as this transaction sees the catalog."""
+        if self.dialect == "sqlite":
+            rows = self.query_all(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?", (table,)
+            )
+        else:
+            rows = self.query_all(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+                "AND tablename = ?",
+                (table,),
+            )
+        return [str(row[0]) for row in rows]
+
+    def lock_for_indexing(self, table: str) -> None:
+        """Keep other writers (and index builders) off ``table`` until this transaction
+        ends; readers are not blocked. A SQLite write transaction holds the file already."""
+        if self.dialect == "postgres":
+            self.execute(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE")
+
+    def analyze(self, table: str) -> None:
+        """Refresh the planner's statistics of ``table`` (SQLite: from a sample)."""
+        if self.dialect == "sqlite":
+            self.execute("PRAGMA analysis_limit = 1000")  # sample; exact counts cost a scan
+        self.execute(f"ANALYZE {table}")
+
+    def statistics_stale(self, table: str, size: int) -> bool:
+        """Whether ``table``, now of ``size`` rows, grew tenfold since it was last analyzed.
+        Always False on PostgreSQL, whose autovacuum analyzes by itself."""
+        if self.dialect != "sqlite":
+            return False
+        if not self.query_one("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_stat1'"):
+            return True
+        stat = self.query_one("SELECT stat FROM sqlite_stat1 WHERE tbl = ? LIMIT 1", (table,))
+        analysed = int(str(stat[0]).split()[0]) if stat else 0
+        return size > 10 * analysed
+
     def existing_tables(self, names: Sequence[str]) -> set[str]:
         """Which of ``names`` exist, as this transaction sees the catalog."""
         if self.dialect == "sqlite":

@@ -17,7 +17,7 @@ spread over 2015. The SQLite store is cached in
 the demo into PostgreSQL instead. ``--demo-rate N`` only times the demo generator.
 
 (a) rebuild, in events of the log per second (wall clock, and per CPU second of this
-    process): ``Follower.rebuild`` of the state and the timeline views one after the
+    process): ``projections.rebuild.rebuild`` of the state and the timeline views one after the
     other; both in two threads at once (as the runner follows them); both in two
     processes (two ``secstate project rebuild`` side by side); both from one shared scan
     (``rebuild_together``, what ``secstate project rebuild state timeline --jobs 1``
@@ -26,8 +26,8 @@ the demo into PostgreSQL instead. ``--demo-rate N`` only times the demo generato
     to a bare scan and decode of the same log in the same round
     (``recorder.select_notifications`` in batches of the follower's size +
     ``mapper.to_domain_event``) and to the rebuild's own read and decode
-    (``projections.fastlog``, in the rebuild's batches). Every rebuild goes through
-    ``rebuild_together`` (``Follower.rebuild`` too). The cases take turns, in rotating
+    (``LogSource``, in the rebuild's batches). Every rebuild goes through
+    ``rebuild_together`` (``rebuild`` too). The cases take turns, in rotating
     order.
 (b) timeline queries on the rebuilt view (its indexes ensured first, as the CLI does):
     the first page (50 rows, the CLI's default) of
@@ -83,7 +83,6 @@ from benchmarks.common import (
 )
 from domain.account import Account
 from domain.context import Actor, ActorKind, RequestContext, Stamp
-from domain.decoder import EventDecoder
 from domain.ledger import Ledger
 from domain.user import User
 from domain.values import AccountKind, Role
@@ -91,12 +90,12 @@ from projections.follower import Follower, view_follower
 from projections.pointintime import state_at
 from projections.rebuild import REBUILD_BATCHES_PER_COMMIT, rebuild, rebuild_together
 from projections.registry import make_view
+from projections.source import LogSource
 from projections.timeline import TimelineView, ip_to_bytes
 from projections.timeline_query import fetch_page, parse_filter
 from secstate.bootstrap import build_ledger, ensure_postgres_schema, open_view_db
 from secstate.demo import parse_demo_options, run_demo
 from secstate.settings import Settings
-from store.log import LogReader
 from store.viewdb import ViewDB
 
 DEFAULT_ACCOUNTS = 17_500  # ~58.5 events an account at seed 2015: just over a million events
@@ -461,22 +460,25 @@ def bare_scan(ledger: Ledger, batch_size: int) -> tuple[int, Spent]:
 
 
 def fast_scan(ledger: Ledger, batch_size: int) -> tuple[int, Spent]:
-    """Read and decode the whole log as a rebuild does (``projections.fastlog``, a batch
-    of events held at a time, the cyclic collector off), doing nothing with the events."""
-    reader, decoder = LogReader(ledger), EventDecoder(ledger)
+    """Read and decode the whole log as a rebuild does (``LogSource``: raw rows through
+    the storage port, a batch held at a time, the cyclic collector off), doing nothing
+    with the events."""
+    source = LogSource.of(ledger)
+    decode = source.decode
     count = 0
-    start = 1
+    after = 0
     collecting = gc.isenabled()
     gc.disable()
     try:
         watch = Stopwatch()
         while True:
-            rows = reader.read(start, batch_size)
+            rows = source.rows(after, batch_size)
             if not rows:
                 break
-            decoder.decode_all(rows)
+            for row in rows:
+                decode(row)
             count += len(rows)
-            start = rows[-1][0] + 1
+            after = rows[-1].position
         return count, watch.spent()
     finally:
         if collecting:
@@ -491,7 +493,7 @@ class Built:
 
 
 def rebuild_view(settings: Settings, ledger: Ledger, name: str, batch_size: int) -> Built:
-    """One ``Follower.rebuild`` (the shadow build and the swap), timed without the opening."""
+    """One ``rebuild`` (the shadow build and the swap), timed without the opening."""
     db = open_view_db(settings, name)
     try:
         follower = view_follower(ledger, make_view(name), db, batch_size)
@@ -999,7 +1001,7 @@ def report(results: dict[str, Any]) -> None:
             [
                 "backend",
                 "bare scan+decode",
-                "fast scan+decode (fastlog)",
+                "fast scan+decode (LogSource)",
                 "state",
                 "timeline",
                 "both, one after the other",

@@ -1,0 +1,44 @@
+"""The benchmarks still run against today's code: each one imports and parses its options.
+
+They are not timed here (figures live in docs/benchmarks.md); this only keeps a
+restructuring from leaving them broken until the next time someone measures.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = sorted(
+    m.name for m in pkgutil.iter_modules([str(ROOT / "benchmarks")]) if m.name.startswith("bench_")
+)
+
+
+def test_there_are_benchmarks() -> None:
+    assert BENCHMARKS
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_each_benchmark_imports_and_shows_its_options(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a benchmark module, when it is imported and asked for --help
+    monkeypatch.syspath_prepend(str(ROOT))
+    importlib.import_module(f"benchmarks.{name}")
+    proc = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # then it exits 0 and prints its usage
+    assert proc.returncode == 0, proc.stderr
+    assert "usage:" in proc.stdout

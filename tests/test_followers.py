@@ -202,6 +202,89 @@ def test_redelivered_batch_after_the_position_moved_writes_nothing(
     assert seen(view_db) == before
 
 
+# --- gaps in positions ----------------------------------------------------------------------
+
+
+def leave_a_gap(ledger: Ledger, settings: Settings, width: int) -> None:
+    """Make the next position ``width`` beyond the head, as writes that rolled back do
+    (a PostgreSQL sequence never gives a value back; on SQLite a row written and deleted
+    at the far end does the same)."""
+    head = int(ledger.recorder.max_notification_id() or 0)
+    table = ledger.recorder.events_table_name
+    if settings.uses_postgres:
+        import psycopg
+        from conftest import POSTGRES_URL
+
+        schema = settings.postgres_params()["POSTGRES_SCHEMA"]
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
+            conn.execute(
+                "SELECT nextval(pg_get_serial_sequence(%s, 'notification_id')) "
+                "FROM generate_series(1, %s)",
+                (f"{schema}.{table}", width),
+            )
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(settings.home / "ledger.sqlite3")
+    try:
+        with conn:
+            conn.execute(
+                f"INSERT INTO {table} (rowid, originator_id, originator_version, topic, state) "  # noqa: S608 - the library's table
+                "VALUES (?, ?, 1, 'gap', x'')",
+                (head + width, "00000000000000000000000000000000"),
+            )
+    finally:
+        conn.close()
+
+
+def close_sqlite_gap(ledger: Ledger, settings: Settings) -> None:
+    """Drop the placeholder row of ``leave_a_gap`` (SQLite only): the gap stays."""
+    if settings.uses_postgres:
+        return
+    import sqlite3
+
+    conn = sqlite3.connect(settings.home / "ledger.sqlite3")
+    try:
+        with conn:
+            conn.execute(f"DELETE FROM {ledger.recorder.events_table_name} WHERE topic = 'gap'")  # noqa: S608 - the library's table
+    finally:
+        conn.close()
+
+
+def test_followers_runner_and_rebuild_cross_a_gap_wider_than_a_batch(
+    ledger: Ledger, ctx: RequestContext, settings: Settings, test_views: None
+) -> None:
+    # given a log with a gap of 50 positions between two runs of events
+    write_events(ledger, ctx, accounts=2, per_account=5)
+    before_gap = int(ledger.recorder.max_notification_id() or 0)
+    leave_a_gap(ledger, settings, 50)
+    write_events(ledger, ctx, accounts=2, per_account=5, prefix="after")
+    close_sqlite_gap(ledger, settings)
+    positions = all_positions(ledger)
+    after_gap = [p for p in positions if p > before_gap]
+    assert after_gap[0] >= before_gap + 50  # the gap is there
+    # when the runner follows with batches much smaller than the gap
+    with Runner(settings, ledger, ["positions", "state", "timeline"], batch_size=7) as runner:
+        report = runner.run(once=True)
+    # then every follower reached the head, with each event once
+    assert report.failed == []
+    assert {run.name: run.position for run in report.followers} == dict.fromkeys(
+        ["positions", "state", "timeline"], positions[-1]
+    )
+    db = open_view_db(settings, "positions")
+    try:
+        assert seen(db) == positions
+        # and a rebuild crosses the gap too, and nothing reports a lag
+        rebuilt = rebuild(view_follower(ledger, PositionsView(), db, batch_size=7))
+        assert rebuilt == positions[-1]
+        assert seen(db) == positions
+    finally:
+        db.close()
+    for name in ("positions", "state", "timeline"):
+        report_of = follower_report(settings, ledger, name)
+        assert (report_of.state, report_of.lag) == ("caught up", 0)
+
+
 # --- failure isolation -------------------------------------------------------------------
 
 

@@ -48,6 +48,7 @@ from domain.ledger import Ledger
 from domain.secrets import Argon2Parameters, PasswordHasher, totp_code_at_step, totp_step
 from domain.user import User
 from domain.values import AccountKind, Role
+from projections.source import LogSource
 from projections.view import event_type_name
 from secstate.bootstrap import build_ledger
 from secstate.settings import Settings
@@ -907,18 +908,19 @@ class _Simulation:
             live[sa.account.id] = sa.account
             for su in sa.users:
                 live[su.user.id] = su.user
-        start = before + 1
+        source = LogSource.of(self.ledger)
+        after = before
         while True:
-            batch = self.ledger.recorder.select_notifications(start=start, limit=10_000)
-            if not batch:
+            rows = source.rows(after, 10_000)
+            if not rows:
                 return
-            for n in batch:
-                self.counts[_type_name(n.topic)] += 1
-                event: Any = self.ledger.mapper.to_domain_event(n)
+            for row in rows:
+                self.counts[_type_name(row.topic)] += 1
+                event: Any = source.decode(row)
                 aggregate = live.get(event.originator_id)
                 if aggregate is not None:
                     event.mutate(aggregate)  # checks the version follows on
-            start = batch[-1].id + 1
+            after = rows[-1].position
 
     def rotate_dkim(self, sa: _SimAccount, at: datetime) -> Process:
         assert sa.dkim_domain is not None

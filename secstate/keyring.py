@@ -34,8 +34,10 @@ from typing import Any
 from uuid import UUID
 
 from domain.account import dkim_aad
+from domain.decoder import EventDecoder
 from domain.errors import DuplicateKeyIdError, NoKeyRingError, SecretKeyError, SecStateError
 from domain.ledger import Ledger
+from domain.reader import LedgerReader
 from domain.secrets import (
     KeyRing,
     check_key_id,
@@ -106,15 +108,15 @@ class SealedValue:
         )
 
 
-def sealed_values(ledger: Ledger, *, limit: int | None = None) -> Iterator[SealedValue]:
+def sealed_values(ledger: LedgerReader, *, limit: int | None = None) -> Iterator[SealedValue]:
     """Every sealed value in the store, in log order (the first ``limit`` of them)."""
     topics = [f.topic for f in SEALED_FIELDS]
-    start, found = 1, 0
-    while True:
-        batch = ledger.recorder.select_notifications(start, _SCAN_BATCH, topics=topics)
-        for notification in batch:
-            spec = _BY_TOPIC[notification.topic]
-            event = ledger.mapper.to_domain_event(notification)
+    decoder = EventDecoder(ledger.mapper)
+    found = 0
+    for rows in ledger.log_store.scan(topics=topics, batch=_SCAN_BATCH):
+        for row in rows:
+            spec = _BY_TOPIC[row.topic]
+            event = decoder.decode(row)
             sealed = str(getattr(event, spec.field, ""))
             try:
                 key_id = KeyRing.key_id_of(sealed)
@@ -122,9 +124,9 @@ def sealed_values(ledger: Ledger, *, limit: int | None = None) -> Iterator[Seale
             except SecretKeyError:
                 key_id = DAMAGED
             yield SealedValue(
-                notification.id,
+                row.position,
                 event.originator_id,
-                notification.topic,
+                row.topic,
                 key_id,
                 sealed,
                 spec.associated_data(event),
@@ -132,9 +134,6 @@ def sealed_values(ledger: Ledger, *, limit: int | None = None) -> Iterator[Seale
             found += 1
             if limit is not None and found >= limit:
                 return
-        if len(batch) < _SCAN_BATCH:
-            return
-        start = batch[-1].id + 1
 
 
 def sealed_key_ids(ledger: Ledger) -> Counter[str]:

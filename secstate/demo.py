@@ -901,7 +901,7 @@ class _Simulation:
         cost of the new events only (reloading every user would cost the whole log).
         """
         self.writer.flush()
-        before = int(self.ledger.recorder.max_notification_id() or 0)
+        before = self.ledger.log_store.head()
         command()
         live: dict[uuid.UUID, Aggregate] = {}
         for sa in [*self.customers, *([self.staff_org] if self.staff_org else [])]:
@@ -992,7 +992,7 @@ class _Simulation:
 
 
 def check_store_is_empty(ledger: Ledger, store: str) -> None:
-    events = int(ledger.recorder.max_notification_id() or 0)
+    events = ledger.log_store.head()
     if not events:
         return
     if ledger.account_exists(STAFF_ORG):

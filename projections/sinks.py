@@ -86,6 +86,34 @@ class AcknowledgedSink(ABC):
         return False
 
 
+def create_tracking_tables(tx: Tx) -> set[str]:
+    """The shared position and error tables, created if missing (inside the setup lock);
+    returns the tables that existed before, of those and any the caller asks about."""
+    present = tx.existing_tables((TRACKING_TABLE, ERRORS_TABLE))
+    if TRACKING_TABLE not in present:
+        tx.execute(
+            f"CREATE TABLE {TRACKING_TABLE} (view_name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
+        )
+    if ERRORS_TABLE not in present:
+        tx.execute(
+            f"CREATE TABLE {ERRORS_TABLE} "
+            "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL, event_type TEXT, "
+            "message TEXT NOT NULL, failed_at TEXT NOT NULL)"
+        )
+    return present
+
+
+def write_error(db: ViewDB, name: str, position: int, event_type: str | None, message: str) -> None:
+    """Keep why follower ``name`` stopped, for ``project status``; replaces any earlier."""
+    with db.transaction() as tx:
+        tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (name,))
+        tx.execute(
+            f"INSERT INTO {ERRORS_TABLE}(view_name, position, event_type, message, failed_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (name, position, event_type, message, datetime.now(UTC).isoformat(timespec="seconds")),
+        )
+
+
 class ViewSink:
     """A SQL view with its position beside it: the transactional sink."""
 
@@ -111,18 +139,7 @@ class ViewSink:
         if self.db.existing_tables(needed) == set(needed):
             return
         with self.db.setup_transaction() as tx:
-            present = tx.existing_tables(needed)
-            if TRACKING_TABLE not in present:
-                tx.execute(
-                    f"CREATE TABLE {TRACKING_TABLE} "
-                    "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
-                )
-            if ERRORS_TABLE not in present:
-                tx.execute(
-                    f"CREATE TABLE {ERRORS_TABLE} "
-                    "(view_name TEXT PRIMARY KEY, position BIGINT NOT NULL, event_type TEXT, "
-                    "message TEXT NOT NULL, failed_at TEXT NOT NULL)"
-                )
+            present = create_tracking_tables(tx)
             if not present.issuperset(self.view.tables):
                 self.view.token = secrets.token_hex(4)
                 for statement in self.view.ddl(self.db.dialect):
@@ -140,19 +157,7 @@ class ViewSink:
 
     def record_error(self, position: int, event_type: str | None, message: str) -> None:
         """Keep why the view stopped, for ``project status``; replaces any earlier one."""
-        with self.db.transaction() as tx:
-            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.name,))
-            tx.execute(
-                f"INSERT INTO {ERRORS_TABLE}(view_name, position, event_type, message, failed_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (
-                    self.name,
-                    position,
-                    event_type,
-                    message,
-                    datetime.now(UTC).isoformat(timespec="seconds"),
-                ),
-            )
+        write_error(self.db, self.name, position, event_type, message)
 
     def caught_up(self) -> None:
         self.view.suffix = ""
@@ -269,3 +274,54 @@ class ViewSink:
             self.save_position(tx, self.name, position)
         # Fresh tables have neither planner statistics nor a visibility map yet.
         self.db.refresh_statistics(self.view.tables)
+
+
+class TrackedSink(AcknowledgedSink):
+    """An acknowledged sink whose position and last error are kept in a view database's
+    shared tracking tables, so ``project status`` and the runner see it like any view.
+
+    A subclass only says how to ``deliver`` a batch (and wait for its acknowledgement):
+    the position moves after ``deliver`` returns, in its own transaction, and only
+    forward from where this sink last saw it (another process that moved it meanwhile
+    makes this one re-read, as for a view). A crash between the acknowledgement and the
+    save re-delivers that batch: at least once.
+    """
+
+    def __init__(self, name: str, db: ViewDB) -> None:
+        self.name = name
+        self.db = db
+        if self.db.existing_tables((TRACKING_TABLE, ERRORS_TABLE)) != {
+            TRACKING_TABLE,
+            ERRORS_TABLE,
+        }:
+            with self.db.setup_transaction() as tx:
+                create_tracking_tables(tx)
+
+    def position(self) -> int:
+        with self.db.reading() as tx:
+            row = tx.query_one(
+                f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?", (self.name,)
+            )
+        return int(row[0]) if row else 0
+
+    def take(self, after: int, items: Items) -> None:
+        if not items:
+            return
+        if self.position() != after:
+            raise PositionMovedError(f"{self.name}: expected position {after}, moved since")
+        self.deliver(items)
+        self.save_position(items[-1][0])
+
+    def save_position(self, position: int) -> None:
+        with self.db.transaction() as tx:
+            ViewSink.save_position(tx, self.name, position)
+            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.name,))
+
+    def record_error(self, position: int, event_type: str | None, message: str) -> None:
+        write_error(self.db, self.name, position, event_type, message)
+
+    def last_error(self) -> ViewError | None:
+        return read_last_error(self.db, self.name)
+
+    def is_transient(self, error: BaseException) -> bool:
+        return self.db.is_transient(error)

@@ -7,6 +7,7 @@ restructuring from leaving them broken until the next time someone measures.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import subprocess
 import sys
@@ -42,3 +43,22 @@ def test_each_benchmark_imports_and_shows_its_options(
     # then it exits 0 and prints its usage
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
+
+
+def test_the_ledger_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
+    # given the ledger benchmark at a size that takes seconds, on the embedded store
+    args = ["--backend", "sqlite", "--events", "5", "--users", "50", "--repeat", "1"]
+    args += ["--bulk-repeat", "1", "--hash-repeat", "1"]
+    # when it runs every part
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_ledger", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    # then it finishes and reports its figures
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "events/s" in proc.stdout + proc.stderr

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from domain.account import Account, ApiKeyIndex
+from domain.catalogue import event_type_name
 from domain.errors import (
     DamagedHistoryError,
     InvalidCommandError,
@@ -40,7 +41,6 @@ from projections.state.document import (
     render_user,
     user_record,
 )
-from projections.view import event_type_name
 
 SubjectKind = Literal["account", "user", "api_key"]
 

@@ -9,11 +9,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from domain.account import ApiKeyIndex
+from domain.catalogue import event_type_name
 from projections.errors import ProjectionFailedError
 from projections.sql import Dialect, Tx
 from projections.state.document import Record, user_status
 from projections.state.fold import _K, _U, HANDLERS, NO_OP_TOPICS, Handler, _check_version
-from projections.view import REBUILD_SUFFIX, View, compact_json, event_type_name
+from projections.view import REBUILD_SUFFIX, View, compact_json
 
 ACCOUNTS_TABLE = "state_accounts"
 USERS_TABLE = "state_users"

@@ -224,14 +224,13 @@ def render_part(kind: SubjectKind, aggregate: Any) -> Document | None:
 
 def event_details(event: Any) -> dict[str, Any]:
     """The event's public fields (the catalogue's, JSON-safe); public keys as fingerprints."""
-    return {
-        ("public_key_sha256" if key == "public_key" else key): (
-            public_key_fingerprint(value)
-            if key == "public_key" and isinstance(value, str)
-            else value
-        )
-        for key, value in public_fields(event, derived=False).items()
-    }
+    details: dict[str, Any] = {}
+    for key, value in public_fields(event, derived=False).items():
+        if key == "public_key" and isinstance(value, str):
+            details["public_key_sha256"] = public_key_fingerprint(value)
+        else:
+            details[key] = value
+    return details
 
 
 # --- replay -------------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ that is not in it is refused on every read path (commands, replays, followers, t
 rebuild reader). The same table knows each event's fields and their types, so a row
 whose state decodes but does not fit its class is refused too, instead of giving a
 silently different answer.
+
+It is also THE catalogue of events for everything else: each event class's stable type
+name (``event_type_name``), its public fields, its secret fields (hashed or sealed, never
+shown outside the domain), the public facts derived from a secret (how many recovery
+codes, never which), and its one-line summary (``domain.summaries``). Views, the
+timeline, history and the public-event serialiser (``domain.public``) all ask here.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import typing
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from datetime import datetime
 from types import NoneType, UnionType
 from typing import Any
@@ -24,7 +30,9 @@ from eventsourcing.utils import get_topic
 
 from domain.account import Account, ApiKeyIndex
 from domain.attempts import CredentialAttempt
+from domain.summaries import SUMMARISERS, Summariser, generic_summary
 from domain.user import User
+from domain.values import ENVELOPE_FIELDS
 
 AGGREGATE_CLASSES: tuple[type[Aggregate], ...] = (Account, User, ApiKeyIndex, CredentialAttempt)
 SNAPSHOT_CLASS = Snapshot
@@ -184,15 +192,175 @@ def state_problem(cls: type, state: dict[str, Any], columns_added: bool = False)
     return problem
 
 
+# --- the event catalogue ------------------------------------------------------------------
+
+TOPIC_PREFIX = "secstate."
+
+
+def event_type_name(event: object) -> str:
+    """``User.PasswordChanged``: the stable topic without ``secstate.``, of a topic, an event
+    class or an event; the one type name of the code base (views, CLI, relay)."""
+    if isinstance(event, str):
+        topic = event
+    else:
+        cls = event if isinstance(event, type) else type(event)
+        topic = getattr(cls, "TOPIC", None) or cls.__qualname__
+    return topic.removeprefix(TOPIC_PREFIX)
+
+
+Derive = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class _Declared:
+    public: tuple[str, ...] = ()
+    hashed: tuple[str, ...] = ()
+    sealed: tuple[str, ...] = ()
+    derived: tuple[tuple[str, str, Derive], ...] = ()  # (secret field, public name, derive)
+
+
+def _d(
+    *public: str,
+    hashed: tuple[str, ...] = (),
+    sealed: tuple[str, ...] = (),
+    derived: tuple[tuple[str, str, Derive], ...] = (),
+) -> _Declared:
+    return _Declared(public, hashed, sealed, derived)
+
+
+_HASH = ("password_hash",)
+
+# Every event class's own fields (the context envelope aside), each public or secret.
+# Secret: a hash (password, API key secret, recovery codes) or a value sealed under the
+# key ring (TOTP seed, DKIM private key). A field added to an event class fails the
+# catalogue's tests until it is listed here.
+_DECLARED: dict[type, _Declared] = {
+    Account.Opened: _d("name", "kind", "display_name"),
+    Account.TwoFactorPolicyChanged: _d("required"),
+    Account.MemberAdded: _d("user_id", "username", "role"),
+    Account.AllowlistEntryAdded: _d("entry_id", "cidr", "label"),
+    Account.AllowlistEntryRemoved: _d("entry_id", "cidr", "forced"),
+    Account.ControlPanelAccessAllowed: _d("ip", "entry_id"),
+    Account.ControlPanelAccessDenied: _d("ip"),
+    Account.ApiKeyCreated: _d("key_id", "name", "scopes", "display", hashed=("secret_hash",)),
+    Account.ApiKeyRevoked: _d("key_id", "reason"),
+    Account.DkimKeyGenerated: _d(
+        "domain",
+        "selector",
+        "algorithm",
+        "public_key",
+        "campaign_id",
+        sealed=("sealed_private_key",),
+    ),
+    Account.DkimKeyPublished: _d("domain", "selector"),
+    Account.DkimKeyActivated: _d("domain", "selector"),
+    Account.DkimKeyRetired: _d("domain", "selector", "reason"),
+    User.Registered: _d("account_id", "username", "email", "role"),
+    User.PasswordSet: _d(hashed=_HASH),
+    User.PasswordChanged: _d(hashed=_HASH),
+    User.PasswordRehashed: _d(hashed=_HASH),
+    User.PasswordResetRequired: _d("reason", "campaign_id"),
+    User.PasswordResetCompleted: _d("campaign_id", hashed=_HASH),
+    User.LoginSucceeded: _d("method", "factor_id", "totp_step"),
+    User.LoginFailed: _d("reason", "counts_toward_lockout"),
+    User.PasswordChangeFailed: _d("reason", "counts_toward_lockout"),
+    User.TotpConfirmationFailed: _d("factor_id", "reason", "counts_toward_lockout"),
+    User.UserLocked: _d("failed_logins"),
+    User.UserUnlocked: _d(),
+    User.UserDisabled: _d("reason"),
+    User.UserEnabled: _d(),
+    User.TotpEnrolmentStarted: _d("factor_id", "label", sealed=("sealed_seed",)),
+    User.TotpEnrolmentConfirmed: _d("factor_id", "totp_step"),
+    User.SecondFactorRemoved: _d("factor_id", "kind", "reason"),
+    User.RecoveryCodesGenerated: _d(
+        hashed=("code_hashes",), derived=(("code_hashes", "code_count", len),)
+    ),
+    User.RecoveryCodeUsed: _d("index"),
+    User.InternalSystemAccessed: _d("system", "resource", "action", "records", "customer_accounts"),
+    ApiKeyIndex.Indexed: _d("key_id", "account_id"),
+    ApiKeyIndex.Used: _d("key_id", "account_id"),
+    ApiKeyIndex.UseRefused: _d("key_id", "account_id", "reason"),
+    CredentialAttempt.UnknownUserRefused: _d("username", "check"),
+    CredentialAttempt.UnknownApiKeyRefused: _d("key_id", "reason"),
+}
+
+
+@dataclass(frozen=True)
+class EventEntry:
+    """What the code base knows about one event class, in one place."""
+
+    cls: type
+    type_name: str  # ``User.PasswordChanged``
+    aggregate: type[Aggregate]
+    public: tuple[str, ...]  # the event's own public fields, in declaration order
+    secret: tuple[str, ...]  # hashed or sealed: never shown, published or logged
+    sealed: tuple[str, ...]  # the secret fields that are ciphertext under the key ring
+    derived: tuple[tuple[str, str, Derive], ...]  # public facts of a secret field
+    summary: Summariser
+
+    @property
+    def family(self) -> str:
+        """The aggregate's name: ``User``, ``Account``, ``ApiKeyIndex``, ..."""
+        return self.type_name.partition(".")[0]
+
+
+def _entries() -> dict[type, EventEntry]:
+    found: dict[type, EventEntry] = {}
+    for cls in _EVENTS.values():
+        declared = _DECLARED.get(cls)
+        if declared is None:
+            continue  # the catalogue's tests name it; catalogue_entry refuses it
+        name = event_type_name(cls)
+        found[cls] = EventEntry(
+            cls=cls,
+            type_name=name,
+            aggregate=_OWNERS[cls],
+            public=declared.public,
+            secret=declared.hashed + declared.sealed,
+            sealed=declared.sealed,
+            derived=declared.derived,
+            summary=SUMMARISERS.get(cls) or generic_summary(name),
+        )
+    return found
+
+
+CATALOGUE: Mapping[type, EventEntry] = _entries()
+
+
+def catalogue_entry(cls: type) -> EventEntry:
+    """The catalogue's entry for an event class; KeyError names a class it lacks."""
+    try:
+        return CATALOGUE[cls]
+    except KeyError:
+        raise KeyError(f"{getattr(cls, '__qualname__', cls)!r} has no catalogue entry") from None
+
+
+def own_fields(cls: type) -> frozenset[str]:
+    """An event class's fields other than the envelope (library bookkeeping, context)."""
+    return frozenset(f.name for f in fields(cls)) - ENVELOPE_FIELDS
+
+
+def secret_fields() -> frozenset[str]:
+    """Every field name some event class holds a secret in."""
+    return frozenset(name for entry in CATALOGUE.values() for name in entry.secret)
+
+
 __all__ = [
     "AGGREGATE_CLASSES",
     "AGGREGATE_TOPICS",
+    "CATALOGUE",
     "EVENT_CLASSES",
     "SNAPSHOT_TOPIC",
+    "TOPIC_PREFIX",
+    "EventEntry",
     "EventShape",
     "aggregate_class",
+    "catalogue_entry",
     "event_class",
     "event_classes_of",
+    "event_type_name",
+    "own_fields",
     "owner_of",
+    "secret_fields",
     "state_problem",
 ]

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from domain.catalogue import event_type_name
 from domain.ports import RawRow
 from projections.errors import PositionMovedError, ProjectionFailedError
 from projections.sinks import Sink, ViewSink
@@ -96,7 +97,7 @@ class Follower:
         if error is not None:
             bad = rows[len(items)]
             raise ProjectionFailedError(
-                self.name, bad.position, str(bad.topic).removeprefix("secstate."), error
+                self.name, bad.position, event_type_name(str(bad.topic)), error
             ) from error
         return items[-1][0]
 

@@ -20,16 +20,17 @@ from datetime import datetime
 from typing import Any, Literal
 
 from domain.account import Account, ApiKeyIndex
+from domain.catalogue import event_type_name
 from domain.errors import (
     DamagedHistoryError,
     InvalidCommandError,
     UnknownAccountError,
     UnknownUserError,
 )
+from domain.public import public_fields
 from domain.reader import LedgerReader
 from domain.replay import apply
 from domain.user import User
-from domain.values import ENVELOPE_FIELDS, is_secret_field
 from projections.pointintime import as_utc
 from projections.state.document import (
     Document,
@@ -40,7 +41,6 @@ from projections.state.document import (
     render_user,
     user_record,
 )
-from projections.view import event_type_name
 
 SubjectKind = Literal["account", "user", "api_key"]
 
@@ -223,19 +223,13 @@ def render_part(kind: SubjectKind, aggregate: Any) -> Document | None:
 
 
 def event_details(event: Any) -> dict[str, Any]:
-    """The event's own fields, minus context columns and secrets; public keys as fingerprints."""
+    """The event's public fields (the catalogue's, JSON-safe); public keys as fingerprints."""
     details: dict[str, Any] = {}
-    for key, value in vars(event).items():
-        if key in ENVELOPE_FIELDS or is_secret_field(key) or key.startswith("_"):
-            continue
+    for key, value in public_fields(event, derived=False).items():
         if key == "public_key" and isinstance(value, str):
             details["public_key_sha256"] = public_key_fingerprint(value)
-            continue
-        if isinstance(value, uuid.UUID):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = iso(value)
-        details[key] = value
+        else:
+            details[key] = value
     return details
 
 

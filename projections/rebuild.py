@@ -13,10 +13,10 @@ import contextlib
 import gc
 from collections.abc import Callable, Sequence
 
+from domain.catalogue import event_type_name
 from projections.errors import ProjectionFailedError
 from projections.follower import Follower, ProgressFn, StopFlag
 from projections.sinks import ViewSink
-from projections.view import TRUSTED_TOPIC_PREFIX
 
 
 def view_sink(follower: Follower) -> ViewSink:
@@ -104,7 +104,7 @@ def rebuild_together(
                 events, error = first.items(rows)
                 if error is not None:
                     bad = rows[len(events)]
-                    topic = str(bad.topic).removeprefix(TRUSTED_TOPIC_PREFIX)
+                    topic = event_type_name(str(bad.topic))
                     raise ProjectionFailedError(names, bad.position, topic, error) from error
                 for sink in sinks:
                     try:

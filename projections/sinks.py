@@ -19,10 +19,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from domain.catalogue import event_type_name
 from projections.errors import PositionMovedError, ProjectionFailedError
 from projections.sql import Tx, ViewDB
 from projections.status import ERRORS_TABLE, TRACKING_TABLE, ViewError, read_last_error
-from projections.view import REBUILD_SUFFIX, View, event_type_name
+from projections.view import REBUILD_SUFFIX, View
 
 Wants = Literal["events", "rows"]
 Items = Sequence[tuple[int, Any]]  # (position, domain event) or (position, raw row)
@@ -45,9 +46,7 @@ class Sink(Protocol):
 def item_type(item: Any) -> str:
     """An item's event type for an error message: a raw row's topic or an event's name."""
     topic = getattr(item, "topic", None)
-    if isinstance(topic, str):
-        return topic.removeprefix("secstate.")
-    return event_type_name(item)
+    return event_type_name(topic if isinstance(topic, str) else item)
 
 
 class AcknowledgedSink(ABC):

@@ -2,8 +2,8 @@
 
 Each row keeps who (actor), from where (source IP, user agent, request id), when
 (occurred and recorded, as integer microseconds since the epoch), about whom (account,
-user) and what (event type, a one-line summary, public details). Secret-bearing fields
-never reach a row: they are dropped by name before anything is serialised.
+user) and what (event type, a one-line summary, public details). Only the fields the
+catalogue (``domain.catalogue``) lists as public reach a row, through ``domain.public``.
 
 Source IPs are also stored as 16 big-endian bytes (IPv4 as IPv4-mapped IPv6), so one
 index answers CIDR queries for both families as a byte range on SQLite and PostgreSQL.
@@ -27,11 +27,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
-from domain.values import ENVELOPE_FIELDS, is_secret_field
+from domain.account import Account, ApiKeyIndex
+from domain.catalogue import catalogue_entry, event_type_name
+from domain.public import public_fields
+from domain.summaries import Names, Summariser
+from domain.user import User
 from projections.errors import ProjectionFailedError
 from projections.sql import Dialect, Tx, ViewDB
-from projections.summaries import Names, Summariser, summariser_for
-from projections.view import TRUSTED_TOPIC_PREFIX, View, compact_json, event_type_name
+from projections.view import View, compact_json
 
 TIMELINE = "timeline"
 TOUCH = "timeline_touch"
@@ -39,9 +42,6 @@ IDS = "timeline_ids"
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_US = timedelta(microseconds=1)
-
-# Public facts derived from a dropped secret field: how many, never what.
-_DERIVED: dict[str, tuple[str, Callable[[Any], Any]]] = {"code_hashes": ("code_count", len)}
 
 # json.dumps(details, default=str, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
 _encode_json = compact_json(ensure_ascii=False, sort_keys=True, default=str)
@@ -80,6 +80,7 @@ def from_micros(micros: int) -> datetime:
 class _Spec:
     """What the view needs to know about one event class, computed once per class."""
 
+    cls: type
     type_name: str
     family: str  # "Account", "User", "ApiKeyIndex" or another aggregate's name
     keep: tuple[str, ...]
@@ -92,19 +93,22 @@ class _Spec:
 
 
 # Events about an API key whose summary shows the key's name.
-_KEY_NAMING_TYPES = frozenset(
-    {"Account.ApiKeyRevoked", "ApiKeyIndex.Used", "ApiKeyIndex.UseRefused"}
+KEY_NAMING_CLASSES: frozenset[type] = frozenset(
+    {Account.ApiKeyRevoked, ApiKeyIndex.Used, ApiKeyIndex.UseRefused}
 )
 # Events that name something (an account, a user, an API key): always go the slow way.
-_NAMING_TYPES = frozenset({"User.Registered", "Account.Opened", "Account.ApiKeyCreated"})
+NAMING_CLASSES: frozenset[type] = frozenset(
+    {User.Registered, Account.Opened, Account.ApiKeyCreated}
+)
+# Every event class the timeline treats apart from the rest (see ``_row``, ``_subject``).
+HANDLED_CLASSES: frozenset[type] = (
+    KEY_NAMING_CLASSES | NAMING_CLASSES | {Account.MemberAdded, User.InternalSystemAccessed}
+)
 
 
 def _spec_for(cls: type) -> _Spec:
-    type_name = event_type_name_of(cls)
-    family = type_name.partition(".")[0]
-    names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
-    keep = tuple(n for n in names if n not in ENVELOPE_FIELDS and not is_secret_field(n))
-    derived = tuple((n, *_DERIVED[n]) for n in names if n in _DERIVED)
+    entry = catalogue_entry(cls)
+    type_name, family, keep, derived = entry.type_name, entry.family, entry.public, entry.derived
     values: Callable[[dict[str, Any]], tuple[Any, ...]]
     if not keep:
         values = lambda data: ()  # noqa: E731
@@ -114,7 +118,7 @@ def _spec_for(cls: type) -> _Spec:
     else:
         values = operator.itemgetter(*keep)
     plain = _plain_details(keep) if keep and not derived else None
-    return _Spec(type_name, family, keep, derived, summariser_for(type_name), values, plain)
+    return _Spec(cls, type_name, family, keep, derived, entry.summary, values, plain)
 
 
 _encode_text = json.encoder.encode_basestring  # the encoder's own, for ensure_ascii=False
@@ -154,11 +158,6 @@ def _plain_details(keep: tuple[str, ...]) -> Callable[[dict[str, Any]], str | No
         return "".join(parts)
 
     return encode
-
-
-def event_type_name_of(cls: type) -> str:
-    topic: str = getattr(cls, "TOPIC", cls.__qualname__)
-    return topic.removeprefix(TRUSTED_TOPIC_PREFIX)
 
 
 INSERT_COLUMNS = (
@@ -394,19 +393,19 @@ class TimelineView(View):
     ) -> tuple[Any, ...]:
         # Hot path (millions of events on a rebuild): one cache hit gives the subject.
         data = event.__dict__
-        type_name = spec.type_name
+        cls = spec.cls
         subject = self._subjects.get(event.originator_id.int)
-        if subject is None or type_name in _NAMING_TYPES:
+        if subject is None or cls in NAMING_CLASSES:
             subject = self._subject(tx, event, spec, new_ids)
         aggregate_id, username, account_id, account = subject
 
         key_name = None
-        if type_name == "Account.MemberAdded":
+        if cls is Account.MemberAdded:
             username = event.username
-        elif type_name in _KEY_NAMING_TYPES:
+        elif cls in KEY_NAMING_CLASSES:
             known = self._lookup(tx, event.key_id)
             key_name = known[0] if known else None
-        elif type_name == "User.InternalSystemAccessed":
+        elif cls is User.InternalSystemAccessed:
             touches.extend((position, a) for a in event.customer_accounts if a != account)
 
         ip = data["source_ip"]
@@ -429,7 +428,7 @@ class TimelineView(View):
             position,
             occurred_us,
             recorded_us,
-            type_name,
+            spec.type_name,
             account,
             account_id,
             username,
@@ -440,12 +439,12 @@ class TimelineView(View):
             data["user_agent"],
             data["request_id"],
             spec.summarise(event, Names(account, username, key_name)),
-            self._details(data, spec),
+            self._details(event, data, spec),
             aggregate_id,
             data["originator_version"],
         )
 
-    def _details(self, data: dict[str, Any], spec: _Spec) -> str:
+    def _details(self, event: Any, data: dict[str, Any], spec: _Spec) -> str:
         """Public fields as JSON; repeated value combinations are encoded once."""
         if not spec.keep and not spec.derived:
             return "{}"
@@ -460,10 +459,7 @@ class TimelineView(View):
             pass
         except TypeError:  # unhashable values (lists): encode every time
             values = ()
-        details = dict(zip(spec.keep, (data[k] for k in spec.keep), strict=True))
-        for field, derived_name, derive in spec.derived:
-            details[derived_name] = derive(data[field])
-        text = _encode_json(details)
+        text = _encode_json(public_fields(event))
         if values and not spec.derived:
             if len(spec.json_cache) > 4096:
                 spec.json_cache.clear()
@@ -476,10 +472,10 @@ class TimelineView(View):
         """(aggregate id, username, account id, account name) of the event's aggregate,
         learning names from the events that introduce them."""
         aggregate_id = str(event.originator_id)
-        type_name = spec.type_name
+        cls = spec.cls
         username = account_id = account = None
         if spec.family == "User":
-            if type_name == "User.Registered":
+            if cls is User.Registered:
                 username, account_id = event.username, str(event.account_id)
                 self._remember(new_ids, aggregate_id, "user", event.username, account_id)
             else:
@@ -490,12 +486,12 @@ class TimelineView(View):
                 account = self._account_name(tx, account_id)
         elif spec.family == "Account":
             account_id = aggregate_id
-            if type_name == "Account.Opened":
+            if cls is Account.Opened:
                 account = event.name
                 self._remember(new_ids, aggregate_id, "account", event.name, None)
             else:
                 account = self._account_name(tx, account_id)
-            if type_name == "Account.ApiKeyCreated":
+            if cls is Account.ApiKeyCreated:
                 self._remember(new_ids, event.key_id, "api_key", event.name, account_id)
         elif spec.family == "ApiKeyIndex":
             account_id = str(event.account_id)

@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from domain.catalogue import CATALOGUE
 from domain.context import Actor, ActorKind
 from domain.errors import InvalidCommandError
 from domain.rules import normalise_ip, normalise_network
 from domain.text import check_actor_id
-from domain.values import ContextEvent, natural_id
+from domain.values import natural_id
 from projections.sql import Dialect, ViewDB
 from projections.timeline import IDS, TIMELINE, TOUCH, from_micros, ip_to_bytes, to_micros
 
@@ -70,17 +71,7 @@ MAX_POSITION = 2**63 - 1  # what a SQLite INTEGER or PostgreSQL bigint holds
 
 def known_event_types() -> list[str]:
     """Every event type name of secstate's aggregates (``User.LoginFailed`` style)."""
-    seen: set[str] = set()
-    pending: list[type] = [ContextEvent]
-    while pending:
-        cls = pending.pop()
-        pending.extend(cls.__subclasses__())
-        topic = getattr(cls, "TOPIC", None)
-        if isinstance(topic, str) and topic.startswith("secstate.") and "TOPIC" in vars(cls):
-            name = topic.removeprefix("secstate.")
-            if "." in name and not name.endswith(".Event"):
-                seen.add(name)
-    return sorted(seen)
+    return sorted(entry.type_name for entry in CATALOGUE.values())
 
 
 def resolve_types(patterns: Iterable[str]) -> tuple[tuple[str, ...], list[str]]:

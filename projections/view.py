@@ -15,7 +15,6 @@ from typing import Any, ClassVar
 
 from projections.sql import Dialect, Tx, ViewDB
 
-TRUSTED_TOPIC_PREFIX = "secstate."
 REBUILD_SUFFIX = "__rebuild"
 
 
@@ -115,9 +114,3 @@ def compact_json(
         return "".join(encode(obj, 0))
 
     return dumps
-
-
-def event_type_name(event: Any) -> str:
-    """``User.PasswordChanged`` from the stable topic ``secstate.User.PasswordChanged``."""
-    topic: str = getattr(type(event), "TOPIC", type(event).__qualname__)
-    return topic.removeprefix(TRUSTED_TOPIC_PREFIX)

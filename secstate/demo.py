@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from domain import commands as cmd
 from domain.account import Account, ApiKeyIndex
 from domain.attempts import CredentialAttempt
+from domain.catalogue import event_type_name
 from domain.commands import describe_validation_error
 from domain.context import Actor, ActorKind, RequestContext, Stamp, SteppedClock
 from domain.errors import InvalidCommandError, SecStateError
@@ -49,7 +50,6 @@ from domain.secrets import Argon2Parameters, PasswordHasher, totp_code_at_step, 
 from domain.user import User
 from domain.values import AccountKind, Role
 from projections.source import LogSource
-from projections.view import event_type_name
 from secstate.bootstrap import build_ledger
 from secstate.settings import Settings
 
@@ -280,10 +280,6 @@ class _Writer:
         self.saves += 1
         self._dirty.clear()
         self._pending = 0
-
-
-def _type_name(topic: str) -> str:
-    return topic.removeprefix("secstate.")
 
 
 Process = Iterator[datetime]
@@ -915,7 +911,7 @@ class _Simulation:
             if not rows:
                 return
             for row in rows:
-                self.counts[_type_name(row.topic)] += 1
+                self.counts[event_type_name(row.topic)] += 1
                 event: Any = source.decode(row)
                 aggregate = live.get(event.originator_id)
                 if aggregate is not None:

@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 from conftest import POSTGRES_URL, make_settings, postgres_problem
 
+from domain.catalogue import event_type_name
 from projections.registry import make_view
-from projections.view import event_type_name
 from secstate.bootstrap import build_ledger, open_view_db
 
 SECSTATE_BIN = Path(sys.executable).with_name("secstate")

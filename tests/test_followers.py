@@ -15,6 +15,7 @@ import pytest
 from util import wait_for
 
 from domain.account import Account
+from domain.catalogue import event_type_name
 from domain.context import RequestContext, Stamp
 from domain.ledger import Ledger
 from domain.values import AccountKind
@@ -24,7 +25,7 @@ from projections.rebuild import rebuild, rebuild_together
 from projections.registry import VIEWS
 from projections.sql import Dialect, Tx
 from projections.status import read_position
-from projections.view import View, event_type_name
+from projections.view import View
 from secstate.bootstrap import build_ledger, open_view_db
 from secstate.followers import follower_report
 from secstate.runner import Runner

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from domain.account import dkim_ref
+from domain.account import Account, ApiKeyIndex, dkim_ref
+from domain.attempts import CredentialAttempt
 from domain.errors import DamagedHistoryError
+from domain.user import User
 from projections.state.document import Record, actor_of, iso, public_key_fingerprint
 
 # --- records from events (the view's incremental path) ------------------------------
@@ -230,62 +232,61 @@ def _no_change(r: Record, _: Any) -> Record:
 
 Handler = Callable[[Any, Any], Record]
 
-# (kind, handler, creates) per topic. Events absent from the document are listed as
+# (kind, handler, creates) per event class. Events absent from the document are listed as
 # no-ops so a new, unhandled event type stops the view instead of silently diverging.
 # Kind "key": an ApiKeyIndex event, folded into its account's record.
 _A, _U, _K = "account", "user", "key"
-HANDLERS: dict[str, tuple[str, Handler, bool]] = {
-    "secstate.ApiKeyIndex.Used": (_K, _api_key_used, False),
-    "secstate.User.PasswordChangeFailed": (_U, _login_failed, False),
-    "secstate.User.TotpConfirmationFailed": (_U, _login_failed, False),
-    "secstate.Account.Opened": (_A, _account_opened, True),
-    "secstate.Account.TwoFactorPolicyChanged": (_A, _two_factor_policy, False),
-    "secstate.Account.MemberAdded": (_A, _member_added, False),
-    "secstate.Account.AllowlistEntryAdded": (_A, _allowlist_added, False),
-    "secstate.Account.AllowlistEntryRemoved": (_A, _allowlist_removed, False),
-    "secstate.Account.ApiKeyCreated": (_A, _api_key_created, False),
-    "secstate.Account.ApiKeyRevoked": (_A, _api_key_revoked, False),
-    "secstate.Account.DkimKeyGenerated": (_A, _dkim_generated, False),
-    "secstate.Account.DkimKeyPublished": (_A, _dkim_transition("published", "published_at"), False),
-    "secstate.Account.DkimKeyActivated": (_A, _dkim_transition("active", "activated_at"), False),
-    "secstate.Account.DkimKeyRetired": (_A, _dkim_transition("retired", "retired_at"), False),
-    "secstate.User.Registered": (_U, _user_registered, True),
-    "secstate.User.PasswordSet": (_U, _password_changed, False),
-    "secstate.User.PasswordChanged": (_U, _password_changed, False),
-    "secstate.User.PasswordResetRequired": (_U, _reset_required, False),
-    "secstate.User.PasswordResetCompleted": (_U, _reset_completed, False),
-    "secstate.User.LoginSucceeded": (_U, _login_succeeded, False),
-    "secstate.User.LoginFailed": (_U, _login_failed, False),
-    "secstate.User.UserLocked": (_U, _flag("locked", True), False),
-    "secstate.User.UserUnlocked": (_U, _flag("locked", False), False),
-    "secstate.User.UserDisabled": (_U, _flag("disabled", True), False),
-    "secstate.User.UserEnabled": (_U, _flag("disabled", False), False),
-    "secstate.User.TotpEnrolmentStarted": (_U, _totp_started, False),
-    "secstate.User.TotpEnrolmentConfirmed": (_U, _totp_confirmed, False),
-    "secstate.User.SecondFactorRemoved": (_U, _factor_removed, False),
-    "secstate.User.RecoveryCodesGenerated": (_U, _codes_generated, False),
-    "secstate.User.RecoveryCodeUsed": (_U, _code_used, False),
+HANDLERS: dict[type, tuple[str, Handler, bool]] = {
+    ApiKeyIndex.Used: (_K, _api_key_used, False),
+    User.PasswordChangeFailed: (_U, _login_failed, False),
+    User.TotpConfirmationFailed: (_U, _login_failed, False),
+    Account.Opened: (_A, _account_opened, True),
+    Account.TwoFactorPolicyChanged: (_A, _two_factor_policy, False),
+    Account.MemberAdded: (_A, _member_added, False),
+    Account.AllowlistEntryAdded: (_A, _allowlist_added, False),
+    Account.AllowlistEntryRemoved: (_A, _allowlist_removed, False),
+    Account.ApiKeyCreated: (_A, _api_key_created, False),
+    Account.ApiKeyRevoked: (_A, _api_key_revoked, False),
+    Account.DkimKeyGenerated: (_A, _dkim_generated, False),
+    Account.DkimKeyPublished: (_A, _dkim_transition("published", "published_at"), False),
+    Account.DkimKeyActivated: (_A, _dkim_transition("active", "activated_at"), False),
+    Account.DkimKeyRetired: (_A, _dkim_transition("retired", "retired_at"), False),
+    User.Registered: (_U, _user_registered, True),
+    User.PasswordSet: (_U, _password_changed, False),
+    User.PasswordChanged: (_U, _password_changed, False),
+    User.PasswordResetRequired: (_U, _reset_required, False),
+    User.PasswordResetCompleted: (_U, _reset_completed, False),
+    User.LoginSucceeded: (_U, _login_succeeded, False),
+    User.LoginFailed: (_U, _login_failed, False),
+    User.UserLocked: (_U, _flag("locked", True), False),
+    User.UserUnlocked: (_U, _flag("locked", False), False),
+    User.UserDisabled: (_U, _flag("disabled", True), False),
+    User.UserEnabled: (_U, _flag("disabled", False), False),
+    User.TotpEnrolmentStarted: (_U, _totp_started, False),
+    User.TotpEnrolmentConfirmed: (_U, _totp_confirmed, False),
+    User.SecondFactorRemoved: (_U, _factor_removed, False),
+    User.RecoveryCodesGenerated: (_U, _codes_generated, False),
+    User.RecoveryCodeUsed: (_U, _code_used, False),
     # Nothing shown changes, but the record's version moves on: a gap in an aggregate's
     # versions means rows are missing from the log, and the view says so.
-    "secstate.Account.ControlPanelAccessAllowed": (_A, _no_change, False),
-    "secstate.Account.ControlPanelAccessDenied": (_A, _no_change, False),
-    "secstate.User.PasswordRehashed": (_U, _no_change, False),  # same password, new hash
-    "secstate.User.InternalSystemAccessed": (_U, _no_change, False),
+    Account.ControlPanelAccessAllowed: (_A, _no_change, False),
+    Account.ControlPanelAccessDenied: (_A, _no_change, False),
+    User.PasswordRehashed: (_U, _no_change, False),  # same password, new hash
+    User.InternalSystemAccessed: (_U, _no_change, False),
 }
-NO_OP_TOPICS = frozenset(
+NO_OP_CLASSES: frozenset[type] = frozenset(
     {
-        "secstate.ApiKeyIndex.Indexed",
-        "secstate.ApiKeyIndex.UseRefused",
-        "secstate.CredentialAttempt.UnknownUserRefused",  # no account or user to show it on
-        "secstate.CredentialAttempt.UnknownApiKeyRefused",
+        ApiKeyIndex.Indexed,
+        ApiKeyIndex.UseRefused,
+        CredentialAttempt.UnknownUserRefused,  # no account or user to show it on
+        CredentialAttempt.UnknownApiKeyRefused,
     }
 )
 
 
 def apply_event(record: Record | None, event: Any) -> Record | None:
     """Fold one event into a record (None before the aggregate exists); for tests and tools."""
-    topic = getattr(type(event), "TOPIC", "")
-    entry = HANDLERS.get(topic)
+    entry = HANDLERS.get(type(event))
     if entry is None:
         return record
     _, handler, _ = entry

@@ -9,11 +9,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 from domain.account import ApiKeyIndex
+from domain.catalogue import event_type_name
 from projections.errors import ProjectionFailedError
 from projections.sql import Dialect, Tx
 from projections.state.document import Record, user_status
-from projections.state.fold import _K, _U, HANDLERS, NO_OP_TOPICS, Handler, _check_version
-from projections.view import REBUILD_SUFFIX, View, compact_json, event_type_name
+from projections.state.fold import _K, _U, HANDLERS, NO_OP_CLASSES, Handler, _check_version
+from projections.view import REBUILD_SUFFIX, View, compact_json
 
 ACCOUNTS_TABLE = "state_accounts"
 USERS_TABLE = "state_users"
@@ -100,16 +101,15 @@ class StateView(View):
         wanted_users: set[str] = set()
         keys = self._keys
         for position, event in events:
-            topic: str = getattr(type(event), "TOPIC", "")
-            entry = HANDLERS.get(topic)
+            entry = HANDLERS.get(type(event))
             if entry is None:
-                if topic in NO_OP_TOPICS:
+                if type(event) in NO_OP_CLASSES:
                     continue
                 raise ProjectionFailedError(
                     self.name,
                     position,
                     event_type_name(event),
-                    LookupError(f"the state view has no handler for {topic}"),
+                    LookupError(f"the state view has no handler for {event_type_name(event)}"),
                 )
             kind, handler, creates = entry
             subject = event.account_id if kind == _K else event.originator_id

@@ -1,4 +1,4 @@
-"""One-line, human-readable summaries of ledger events for the forensic timeline.
+"""One-line, human-readable summaries of ledger events, by event class (the catalogue's).
 
 A summary names who did what to whom, from where. It is built only from public facts:
 secret-bearing fields (hashes, sealed material) are never read here.
@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, NamedTuple
+
+from domain.account import Account, ApiKeyIndex
+from domain.attempts import CredentialAttempt
+from domain.user import User
 
 
 class Names(NamedTuple):
@@ -220,45 +224,45 @@ def _internal_access(e: Any, n: Names) -> str:
     )
 
 
-SUMMARISERS: dict[str, Summariser] = {
-    "Account.Opened": _opened,
-    "Account.TwoFactorPolicyChanged": _two_factor_policy,
-    "Account.MemberAdded": _member_added,
-    "Account.AllowlistEntryAdded": _allowlist_added,
-    "Account.AllowlistEntryRemoved": _allowlist_removed,
-    "Account.ControlPanelAccessAllowed": _cp_allowed,
-    "Account.ControlPanelAccessDenied": _cp_denied,
-    "Account.ApiKeyCreated": _api_key_created,
-    "Account.ApiKeyRevoked": _api_key_revoked,
-    "Account.DkimKeyGenerated": _dkim_generated,
-    "Account.DkimKeyPublished": _dkim_published,
-    "Account.DkimKeyActivated": _dkim_activated,
-    "Account.DkimKeyRetired": _dkim_retired,
-    "ApiKeyIndex.Indexed": _api_key_indexed,
-    "ApiKeyIndex.Used": _api_key_used,
-    "ApiKeyIndex.UseRefused": _api_key_use_refused,
-    "CredentialAttempt.UnknownUserRefused": _unknown_user,
-    "CredentialAttempt.UnknownApiKeyRefused": _unknown_api_key,
-    "User.PasswordChangeFailed": _password_change_failed,
-    "User.TotpConfirmationFailed": _totp_confirmation_failed,
-    "User.Registered": _registered,
-    "User.PasswordSet": _password_set,
-    "User.PasswordChanged": _password_changed,
-    "User.PasswordRehashed": _password_rehashed,
-    "User.PasswordResetRequired": _reset_required,
-    "User.PasswordResetCompleted": _reset_completed,
-    "User.LoginSucceeded": _login_succeeded,
-    "User.LoginFailed": _login_failed,
-    "User.UserLocked": _locked,
-    "User.UserUnlocked": _unlocked,
-    "User.UserDisabled": _disabled,
-    "User.UserEnabled": _enabled,
-    "User.TotpEnrolmentStarted": _totp_started,
-    "User.TotpEnrolmentConfirmed": _totp_confirmed,
-    "User.SecondFactorRemoved": _factor_removed,
-    "User.RecoveryCodesGenerated": _recovery_generated,
-    "User.RecoveryCodeUsed": _recovery_used,
-    "User.InternalSystemAccessed": _internal_access,
+SUMMARISERS: dict[type, Summariser] = {
+    Account.Opened: _opened,
+    Account.TwoFactorPolicyChanged: _two_factor_policy,
+    Account.MemberAdded: _member_added,
+    Account.AllowlistEntryAdded: _allowlist_added,
+    Account.AllowlistEntryRemoved: _allowlist_removed,
+    Account.ControlPanelAccessAllowed: _cp_allowed,
+    Account.ControlPanelAccessDenied: _cp_denied,
+    Account.ApiKeyCreated: _api_key_created,
+    Account.ApiKeyRevoked: _api_key_revoked,
+    Account.DkimKeyGenerated: _dkim_generated,
+    Account.DkimKeyPublished: _dkim_published,
+    Account.DkimKeyActivated: _dkim_activated,
+    Account.DkimKeyRetired: _dkim_retired,
+    ApiKeyIndex.Indexed: _api_key_indexed,
+    ApiKeyIndex.Used: _api_key_used,
+    ApiKeyIndex.UseRefused: _api_key_use_refused,
+    CredentialAttempt.UnknownUserRefused: _unknown_user,
+    CredentialAttempt.UnknownApiKeyRefused: _unknown_api_key,
+    User.PasswordChangeFailed: _password_change_failed,
+    User.TotpConfirmationFailed: _totp_confirmation_failed,
+    User.Registered: _registered,
+    User.PasswordSet: _password_set,
+    User.PasswordChanged: _password_changed,
+    User.PasswordRehashed: _password_rehashed,
+    User.PasswordResetRequired: _reset_required,
+    User.PasswordResetCompleted: _reset_completed,
+    User.LoginSucceeded: _login_succeeded,
+    User.LoginFailed: _login_failed,
+    User.UserLocked: _locked,
+    User.UserUnlocked: _unlocked,
+    User.UserDisabled: _disabled,
+    User.UserEnabled: _enabled,
+    User.TotpEnrolmentStarted: _totp_started,
+    User.TotpEnrolmentConfirmed: _totp_confirmed,
+    User.SecondFactorRemoved: _factor_removed,
+    User.RecoveryCodesGenerated: _recovery_generated,
+    User.RecoveryCodeUsed: _recovery_used,
+    User.InternalSystemAccessed: _internal_access,
 }
 
 
@@ -273,9 +277,4 @@ def generic_summary(type_name: str) -> Summariser:
     return summarise
 
 
-def summariser_for(type_name: str) -> Summariser:
-    return SUMMARISERS.get(type_name) or generic_summary(type_name)
-
-
-def summarise(type_name: str, event: Any, names: Names) -> str:
-    return summariser_for(type_name)(event, names)
+__all__ = ["SUMMARISERS", "Names", "Summariser", "by_from", "generic_summary"]

@@ -1,0 +1,109 @@
+"""``secstate totp`` and ``secstate recovery-codes``: a user's second factors. Seeds and
+codes are printed once, when they are made."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from domain import commands as cmd
+from secstate.cli.commanding import UsernameArg, given, out, warn
+from secstate.cli.common import STATE, JsonOption, print_json
+
+totp_app = typer.Typer(help="Enrol, confirm and remove TOTP authenticators.", no_args_is_help=True)
+recovery_app = typer.Typer(help="Single-use recovery codes.", no_args_is_help=True)
+
+
+@totp_app.command("enrol")
+def totp_enrol(
+    username: UsernameArg,
+    label: Annotated[
+        str | None, typer.Option("--label", metavar="TEXT", help="Name of the device.")
+    ] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Start a TOTP enrolment; prints the seed and otpauth:// URI once."""
+    command = cmd.parse_command(cmd.StartTotpEnrolment, **given(username=username, label=label))
+    enrolment = STATE.ledger.start_totp_enrolment(command, STATE.request_context())
+    warn(
+        "warning: the seed is shown only now and stored only encrypted; confirm with "
+        f"`secstate totp confirm {enrolment.username} {enrolment.factor_id} CODE`"
+    )
+    if json_out:
+        print_json(
+            {
+                "username": enrolment.username,
+                "factor_id": enrolment.factor_id,
+                "label": command.label,
+                "seed": enrolment.seed,
+                "uri": enrolment.uri,
+            }
+        )
+        return
+    out(f"started TOTP enrolment {enrolment.factor_id} for {enrolment.username} ({command.label})")
+    out(f"seed: {enrolment.seed}")
+    out(f"uri:  {enrolment.uri}")
+
+
+@totp_app.command("confirm")
+def totp_confirm(
+    username: UsernameArg,
+    factor_id: Annotated[str, typer.Argument(metavar="FACTOR_ID", help="From `totp enrol`.")],
+    code: Annotated[str, typer.Argument(metavar="CODE", help="Current 6-digit code.")],
+    json_out: JsonOption = False,
+) -> None:
+    """Confirm an enrolment with a code from the authenticator."""
+    command = cmd.parse_command(
+        cmd.ConfirmTotpEnrolment, username=username, factor_id=factor_id, code=code
+    )
+    STATE.ledger.confirm_totp_enrolment(command, STATE.request_context())
+    if json_out:
+        print_json(
+            {"username": command.username, "factor_id": command.factor_id, "confirmed": True}
+        )
+    else:
+        out(f"confirmed TOTP factor {command.factor_id} for {command.username}")
+
+
+@totp_app.command("remove")
+def totp_remove(
+    username: UsernameArg,
+    factor_id: Annotated[str, typer.Argument(metavar="FACTOR_ID", help="Factor to remove.")],
+    reason: Annotated[str | None, typer.Option("--reason", metavar="TEXT", help="Why.")] = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Remove a second factor (confirmed or pending)."""
+    command = cmd.parse_command(
+        cmd.RemoveSecondFactor, **given(username=username, factor_id=factor_id, reason=reason)
+    )
+    STATE.ledger.remove_second_factor(command, STATE.request_context())
+    if json_out:
+        print_json({"username": command.username, "factor_id": command.factor_id, "removed": True})
+    else:
+        out(f"removed second factor {command.factor_id} of {command.username}")
+
+
+@recovery_app.command("generate")
+def recovery_codes_generate(
+    username: UsernameArg,
+    count: Annotated[int, typer.Option("--count", metavar="N", help="How many codes (5-20).")] = 10,
+    json_out: JsonOption = False,
+) -> None:
+    """Generate fresh recovery codes (replacing older ones); printed once."""
+    command = cmd.parse_command(cmd.GenerateRecoveryCodes, username=username, count=count)
+    codes = STATE.ledger.generate_recovery_codes(command, STATE.request_context())
+    warn(
+        "warning: these codes are shown only now and stored only as hashes; "
+        "each works once. Older codes no longer work."
+    )
+    if json_out:
+        print_json({"username": command.username, "codes": codes})
+        return
+    for code in codes:
+        out(code)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(totp_app, name="totp")
+    app.add_typer(recovery_app, name="recovery-codes")

@@ -11,8 +11,8 @@ from secstate.cli.commanding import (
     AccountArg,
     AccountQuery,
     get_account,
-    given,
-    out,
+    perform,
+    reply,
     when,
 )
 from secstate.cli.common import STATE, JsonOption, fmt_time, print_json, print_table
@@ -51,14 +51,18 @@ def account_open(
     json_out: JsonOption = False,
 ) -> None:
     """Open a customer account (or the staff organisation)."""
-    command = cmd.parse_command(
-        cmd.OpenAccount, **given(name=name, kind=kind, display_name=display_name)
+    command, account_id = perform(
+        cmd.OpenAccount,
+        lambda ledger: ledger.open_account,
+        name=name,
+        kind=kind,
+        display_name=display_name,
     )
-    account_id = STATE.ledger.open_account(command, STATE.request_context())
-    if json_out:
-        print_json({"id": str(account_id), "name": command.name, "kind": command.kind})
-    else:
-        out(f"opened {command.kind.value} account {command.name} ({account_id})")
+    reply(
+        json_out,
+        {"id": str(account_id), "name": command.name, "kind": command.kind},
+        f"opened {command.kind.value} account {command.name} ({account_id})",
+    )
 
 
 @account_app.command("show")
@@ -88,22 +92,19 @@ def account_policy(
     json_out: JsonOption = False,
 ) -> None:
     """Set the account's two-factor policy."""
-    command = cmd.parse_command(cmd.SetTwoFactorPolicy, account=name, required=require_2fa)
-    changed = STATE.ledger.set_two_factor_policy(command, STATE.request_context())
-    if json_out:
-        print_json(
-            {
-                "account": command.account,
-                "two_factor_required": command.required,
-                "changed": changed,
-            }
-        )
-        return
+    command, changed = perform(
+        cmd.SetTwoFactorPolicy,
+        lambda ledger: ledger.set_two_factor_policy,
+        account=name,
+        required=require_2fa,
+    )
     state = "required" if command.required else "optional"
-    out(
+    reply(
+        json_out,
+        {"account": command.account, "two_factor_required": command.required, "changed": changed},
         f"two-factor login is now {state} for {command.account}"
         if changed
-        else f"two-factor login was already {state} for {command.account}; nothing recorded"
+        else f"two-factor login was already {state} for {command.account}; nothing recorded",
     )
 
 

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from domain import commands as cmd
-from secstate.cli.commanding import AccountArg, get_account, given, out, when
-from secstate.cli.common import STATE, JsonOption, print_json, print_table
+from secstate.cli.commanding import AccountArg, get_account, out, perform, reply, when
+from secstate.cli.common import JsonOption, print_json, print_table
 
 allowlist_app = typer.Typer(help="The account's control-panel IP allowlist.", no_args_is_help=True)
 access_app = typer.Typer(help="Control-panel access decisions.", no_args_is_help=True)
@@ -25,23 +25,23 @@ def allowlist_add(
     json_out: JsonOption = False,
 ) -> None:
     """Allow a network into the account's control panel."""
-    command = cmd.parse_command(
-        cmd.AddAllowlistEntry, **given(account=account, cidr=cidr, label=label)
+    command, entry_id = perform(
+        cmd.AddAllowlistEntry,
+        lambda ledger: ledger.add_allowlist_entry,
+        account=account,
+        cidr=cidr,
+        label=label,
     )
-    entry_id = STATE.ledger.add_allowlist_entry(command, STATE.request_context())
-    if json_out:
-        print_json(
-            {
-                "account": command.account,
-                "entry_id": entry_id,
-                "cidr": command.cidr,
-                "label": command.label,
-            }
-        )
-    else:
-        out(
-            f"added {command.cidr} ({command.label}) to {command.account}'s allowlist as {entry_id}"
-        )
+    reply(
+        json_out,
+        {
+            "account": command.account,
+            "entry_id": entry_id,
+            "cidr": command.cidr,
+            "label": command.label,
+        },
+        f"added {command.cidr} ({command.label}) to {command.account}'s allowlist as {entry_id}",
+    )
 
 
 @allowlist_app.command("remove")
@@ -55,12 +55,18 @@ def allowlist_remove(
     json_out: JsonOption = False,
 ) -> None:
     """Remove an allowlist entry (refused if it would lock your --source-ip out)."""
-    command = cmd.parse_command(cmd.RemoveAllowlistEntry, account=account, entry=entry, force=force)
-    entry_id = STATE.ledger.remove_allowlist_entry(command, STATE.request_context())
-    if json_out:
-        print_json({"account": command.account, "entry_id": entry_id, "forced": command.force})
-    else:
-        out(f"removed allowlist entry {entry_id} of {command.account}")
+    command, entry_id = perform(
+        cmd.RemoveAllowlistEntry,
+        lambda ledger: ledger.remove_allowlist_entry,
+        account=account,
+        entry=entry,
+        force=force,
+    )
+    reply(
+        json_out,
+        {"account": command.account, "entry_id": entry_id, "forced": command.force},
+        f"removed allowlist entry {entry_id} of {command.account}",
+    )
 
 
 @allowlist_app.command("list")
@@ -97,8 +103,12 @@ def access_check(
     json_out: JsonOption = False,
 ) -> None:
     """Decide and record control-panel access for an IP: exit 0 allowed, 1 denied."""
-    command = cmd.parse_command(cmd.CheckControlPanelAccess, account=account, ip=ip)
-    allowed = STATE.ledger.check_control_panel_access(command, STATE.request_context())
+    command, allowed = perform(
+        cmd.CheckControlPanelAccess,
+        lambda ledger: ledger.check_control_panel_access,
+        account=account,
+        ip=ip,
+    )
     if json_out:
         print_json({"account": command.account, "ip": command.ip, "allowed": allowed})
     else:

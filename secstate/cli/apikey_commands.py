@@ -13,8 +13,9 @@ from secstate.cli.commanding import (
     ReasonOpt,
     SecretInput,
     get_account,
-    given,
     out,
+    perform,
+    reply,
     warn,
     when,
 )
@@ -56,10 +57,13 @@ def apikey_create(
     json_out: JsonOption = False,
 ) -> None:
     """Create an API key; its token is printed once and never stored."""
-    command = cmd.parse_command(
-        cmd.CreateApiKey, **given(account=account, name=name, scopes=scopes or [])
+    _, issued = perform(
+        cmd.CreateApiKey,
+        lambda ledger: ledger.create_api_key,
+        account=account,
+        name=name,
+        scopes=scopes or [],
     )
-    issued = STATE.ledger.create_api_key(command, STATE.request_context())
     warn(
         "warning: this token is shown only now and is not stored (secstate keeps only its "
         "hash); put it in a secret store"
@@ -114,10 +118,13 @@ def apikey_revoke(
     json_out: JsonOption = False,
 ) -> None:
     """Revoke an API key; it stops authenticating at once."""
-    command = cmd.parse_command(
-        cmd.RevokeApiKey, **given(account=account, key_id=key_id, reason=reason)
+    command, _ = perform(
+        cmd.RevokeApiKey,
+        lambda ledger: ledger.revoke_api_key,
+        account=account,
+        key_id=key_id,
+        reason=reason,
     )
-    STATE.ledger.revoke_api_key(command, STATE.request_context())
     if json_out:
         print_json(
             api_key_row(STATE.ledger.get_account(command.account).get_api_key(command.key_id))
@@ -130,15 +137,15 @@ def apikey_revoke(
 def apikey_verify(json_out: JsonOption = False) -> None:
     """Check a token read from stdin; prints whose key it is, or exits 1."""
     token = SecretInput("AuthenticateApiKey", from_stdin=True).read("token", "API key").strip()
-    command = cmd.parse_command(cmd.AuthenticateApiKey, token=token)
-    principal = STATE.ledger.authenticate_api_key(command, STATE.request_context())
-    if json_out:
-        print_json(principal)
-    else:
-        out(
-            f"valid: key {principal.key_id} ({principal.name}) of account {principal.account}, "
-            f"scopes {', '.join(principal.scopes)}"
-        )
+    _, principal = perform(
+        cmd.AuthenticateApiKey, lambda ledger: ledger.authenticate_api_key, token=token
+    )
+    reply(
+        json_out,
+        principal,
+        f"valid: key {principal.key_id} ({principal.name}) of account {principal.account}, "
+        f"scopes {', '.join(principal.scopes)}",
+    )
 
 
 def register(app: typer.Typer) -> None:

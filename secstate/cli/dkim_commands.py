@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from domain import commands as cmd
-from secstate.cli.commanding import AccountArg, get_account, given, out, when
+from secstate.cli.commanding import AccountArg, get_account, out, perform, when
 from secstate.cli.common import STATE, JsonOption, print_json, print_table
 
 if TYPE_CHECKING:
@@ -68,17 +68,15 @@ def dkim_generate(
     json_out: JsonOption = False,
 ) -> None:
     """Generate a DKIM key; prints the DNS TXT record to publish."""
-    command = cmd.parse_command(
+    command, key = perform(
         cmd.GenerateDkimKey,
-        **given(
-            account=account,
-            domain=domain,
-            selector=selector,
-            algorithm=algorithm,
-            campaign_id=campaign,
-        ),
+        lambda ledger: ledger.generate_dkim_key,
+        account=account,
+        domain=domain,
+        selector=selector,
+        algorithm=algorithm,
+        campaign_id=campaign,
     )
-    key = STATE.ledger.generate_dkim_key(command, STATE.request_context())
     row = dkim_row(key)
     value = str(row["record_value"])
     if json_out:
@@ -117,10 +115,13 @@ def dkim_publish(
     account: AccountArg, domain: DomainArg, selector: SelectorArg, json_out: JsonOption = False
 ) -> None:
     """Record that the key's TXT record is published in DNS."""
-    command = cmd.parse_command(
-        cmd.PublishDkimKey, account=account, domain=domain, selector=selector
+    command, _ = perform(
+        cmd.PublishDkimKey,
+        lambda ledger: ledger.publish_dkim_key,
+        account=account,
+        domain=domain,
+        selector=selector,
     )
-    STATE.ledger.publish_dkim_key(command, STATE.request_context())
     ref = dkim_ref(command.domain, command.selector)
     _dkim_transition(command, json_out, f"DKIM key {ref} is published")
 
@@ -130,10 +131,13 @@ def dkim_activate(
     account: AccountArg, domain: DomainArg, selector: SelectorArg, json_out: JsonOption = False
 ) -> None:
     """Start signing with a published key; the domain's previous key is retired."""
-    command = cmd.parse_command(
-        cmd.ActivateDkimKey, account=account, domain=domain, selector=selector
+    command, retired = perform(
+        cmd.ActivateDkimKey,
+        lambda ledger: ledger.activate_dkim_key,
+        account=account,
+        domain=domain,
+        selector=selector,
     )
-    retired = STATE.ledger.activate_dkim_key(command, STATE.request_context())
     ref = dkim_ref(command.domain, command.selector)
     note = f"; retired {', '.join(retired)}" if retired else ""
     _dkim_transition(
@@ -150,11 +154,14 @@ def dkim_retire(
     json_out: JsonOption = False,
 ) -> None:
     """Stop using a key."""
-    command = cmd.parse_command(
+    command, _ = perform(
         cmd.RetireDkimKey,
-        **given(account=account, domain=domain, selector=selector, reason=reason),
+        lambda ledger: ledger.retire_dkim_key,
+        account=account,
+        domain=domain,
+        selector=selector,
+        reason=reason,
     )
-    STATE.ledger.retire_dkim_key(command, STATE.request_context())
     ref = dkim_ref(command.domain, command.selector)
     _dkim_transition(command, json_out, f"DKIM key {ref} is retired")
 

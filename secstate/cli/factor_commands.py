@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from domain import commands as cmd
-from secstate.cli.commanding import UsernameArg, given, out, warn
-from secstate.cli.common import STATE, JsonOption, print_json
+from secstate.cli.commanding import UsernameArg, out, perform, reply, warn
+from secstate.cli.common import JsonOption, print_json
 
 totp_app = typer.Typer(help="Enrol, confirm and remove TOTP authenticators.", no_args_is_help=True)
 recovery_app = typer.Typer(help="Single-use recovery codes.", no_args_is_help=True)
@@ -24,8 +24,12 @@ def totp_enrol(
     json_out: JsonOption = False,
 ) -> None:
     """Start a TOTP enrolment; prints the seed and otpauth:// URI once."""
-    command = cmd.parse_command(cmd.StartTotpEnrolment, **given(username=username, label=label))
-    enrolment = STATE.ledger.start_totp_enrolment(command, STATE.request_context())
+    command, enrolment = perform(
+        cmd.StartTotpEnrolment,
+        lambda ledger: ledger.start_totp_enrolment,
+        username=username,
+        label=label,
+    )
     warn(
         "warning: the seed is shown only now and stored only encrypted; confirm with "
         f"`secstate totp confirm {enrolment.username} {enrolment.factor_id} CODE`"
@@ -54,10 +58,13 @@ def totp_confirm(
     json_out: JsonOption = False,
 ) -> None:
     """Confirm an enrolment with a code from the authenticator."""
-    command = cmd.parse_command(
-        cmd.ConfirmTotpEnrolment, username=username, factor_id=factor_id, code=code
+    command, _ = perform(
+        cmd.ConfirmTotpEnrolment,
+        lambda ledger: ledger.confirm_totp_enrolment,
+        username=username,
+        factor_id=factor_id,
+        code=code,
     )
-    STATE.ledger.confirm_totp_enrolment(command, STATE.request_context())
     if json_out:
         print_json(
             {"username": command.username, "factor_id": command.factor_id, "confirmed": True}
@@ -74,14 +81,18 @@ def totp_remove(
     json_out: JsonOption = False,
 ) -> None:
     """Remove a second factor (confirmed or pending)."""
-    command = cmd.parse_command(
-        cmd.RemoveSecondFactor, **given(username=username, factor_id=factor_id, reason=reason)
+    command, _ = perform(
+        cmd.RemoveSecondFactor,
+        lambda ledger: ledger.remove_second_factor,
+        username=username,
+        factor_id=factor_id,
+        reason=reason,
     )
-    STATE.ledger.remove_second_factor(command, STATE.request_context())
-    if json_out:
-        print_json({"username": command.username, "factor_id": command.factor_id, "removed": True})
-    else:
-        out(f"removed second factor {command.factor_id} of {command.username}")
+    reply(
+        json_out,
+        {"username": command.username, "factor_id": command.factor_id, "removed": True},
+        f"removed second factor {command.factor_id} of {command.username}",
+    )
 
 
 @recovery_app.command("generate")
@@ -91,8 +102,12 @@ def recovery_codes_generate(
     json_out: JsonOption = False,
 ) -> None:
     """Generate fresh recovery codes (replacing older ones); printed once."""
-    command = cmd.parse_command(cmd.GenerateRecoveryCodes, username=username, count=count)
-    codes = STATE.ledger.generate_recovery_codes(command, STATE.request_context())
+    command, codes = perform(
+        cmd.GenerateRecoveryCodes,
+        lambda ledger: ledger.generate_recovery_codes,
+        username=username,
+        count=count,
+    )
     warn(
         "warning: these codes are shown only now and stored only as hashes; "
         "each works once. Older codes no longer work."

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from domain import commands as cmd
-from secstate.cli.commanding import UsernameArg, given, out
-from secstate.cli.common import STATE, JsonOption, print_json
+from secstate.cli.commanding import UsernameArg, out, perform
+from secstate.cli.common import JsonOption, print_json
 
 staff_app = typer.Typer(help="Staff access to internal systems.", no_args_is_help=True)
 
@@ -37,18 +37,16 @@ def staff_access(
     json_out: JsonOption = False,
 ) -> None:
     """Record an employee's access to an internal system (the breach trail)."""
-    command = cmd.parse_command(
+    command, _ = perform(
         cmd.RecordStaffAccess,
-        **given(
-            username=username,
-            system=system,
-            resource=resource,
-            action=action,
-            records=records,
-            customer_accounts=customers or [],
-        ),
+        lambda ledger: ledger.record_staff_access,
+        username=username,
+        system=system,
+        resource=resource,
+        action=action,
+        records=records,
+        customer_accounts=customers or [],
     )
-    STATE.ledger.record_staff_access(command, STATE.request_context())
     if json_out:
         print_json(command.model_dump())
     else:

@@ -22,6 +22,8 @@ from secstate.cli.commanding import (
     given,
     out,
     parse_with_secrets,
+    perform,
+    reply,
     user_must_exist,
     when,
 )
@@ -114,10 +116,11 @@ def user_register(
         "email": command.email,
         "role": command.role.value,
     }
-    if json_out:
-        print_json(result)
-    else:
-        out(f"registered {command.role.value} {command.username} in {command.account} ({user_id})")
+    reply(
+        json_out,
+        result,
+        f"registered {command.role.value} {command.username} in {command.account} ({user_id})",
+    )
 
 
 @user_app.command("show")
@@ -163,8 +166,7 @@ def _status_result(username: str, json_out: bool, message: str) -> None:
 @user_app.command("unlock")
 def user_unlock(username: UsernameArg, json_out: JsonOption = False) -> None:
     """Unlock a user locked out by failed logins."""
-    command = cmd.parse_command(cmd.UnlockUser, username=username)
-    STATE.ledger.unlock_user(command, STATE.request_context())
+    command, _ = perform(cmd.UnlockUser, lambda ledger: ledger.unlock_user, username=username)
     _status_result(command.username, json_out, f"unlocked {command.username}")
 
 
@@ -173,16 +175,16 @@ def user_disable(
     username: UsernameArg, reason: ReasonOpt = None, json_out: JsonOption = False
 ) -> None:
     """Disable a user: no logins, no actions, until enabled again."""
-    command = cmd.parse_command(cmd.DisableUser, **given(username=username, reason=reason))
-    STATE.ledger.disable_user(command, STATE.request_context())
+    command, _ = perform(
+        cmd.DisableUser, lambda ledger: ledger.disable_user, username=username, reason=reason
+    )
     _status_result(command.username, json_out, f"disabled {command.username}")
 
 
 @user_app.command("enable")
 def user_enable(username: UsernameArg, json_out: JsonOption = False) -> None:
     """Enable a disabled user."""
-    command = cmd.parse_command(cmd.EnableUser, username=username)
-    STATE.ledger.enable_user(command, STATE.request_context())
+    command, _ = perform(cmd.EnableUser, lambda ledger: ledger.enable_user, username=username)
     _status_result(command.username, json_out, f"enabled {command.username}")
 
 
@@ -225,17 +227,16 @@ def user_login(
     # like a wrong password, and recorded (credential stuffing shows up exactly there).
     command = parse_with_secrets(cmd.Login, secrets, prompts, None, **data)
     outcome = STATE.ledger.login(command, STATE.request_context())
-    if json_out:
-        print_json(
-            {
-                "username": command.username,
-                "allowed": outcome.allowed,
-                "method": outcome.method,
-                "rehashed": outcome.rehashed,
-            }
-        )
-    else:
-        out(f"login allowed for {command.username} (method: {outcome.method})")
+    reply(
+        json_out,
+        {
+            "username": command.username,
+            "allowed": outcome.allowed,
+            "method": outcome.method,
+            "rehashed": outcome.rehashed,
+        },
+        f"login allowed for {command.username} (method: {outcome.method})",
+    )
 
 
 password_app = typer.Typer(help="Set, change and reset passwords.", no_args_is_help=True)
@@ -243,17 +244,16 @@ password_app = typer.Typer(help="Set, change and reset passwords.", no_args_is_h
 
 def _password_result(username: str, json_out: bool, message: str) -> None:
     user = STATE.ledger.get_user(username)
-    if json_out:
-        print_json(
-            {
-                "username": user.username,
-                "password_changed_at": user.password_changed_at,
-                "reset_required": user.reset_required,
-                "status": user.status.value,
-            }
-        )
-    else:
-        out(message)
+    reply(
+        json_out,
+        {
+            "username": user.username,
+            "password_changed_at": user.password_changed_at,
+            "reset_required": user.reset_required,
+            "status": user.status.value,
+        },
+        message,
+    )
 
 
 @password_app.command("set")
@@ -299,20 +299,20 @@ def password_require_reset(
     json_out: JsonOption = False,
 ) -> None:
     """Require one user to reset the password before the next login."""
-    command = cmd.parse_command(
-        cmd.RequirePasswordReset, **given(username=username, reason=reason, campaign_id=campaign)
+    command, marked = perform(
+        cmd.RequirePasswordReset,
+        lambda ledger: ledger.require_password_reset,
+        username=username,
+        reason=reason,
+        campaign_id=campaign,
     )
-    marked = STATE.ledger.require_password_reset(command, STATE.request_context())
-    if json_out:
-        print_json(
-            {"username": command.username, "campaign_id": command.campaign_id, "marked": marked}
-        )
-    else:
-        out(
-            f"password reset required for {command.username}"
-            if marked
-            else f"{command.username} was already marked by this campaign; nothing recorded"
-        )
+    reply(
+        json_out,
+        {"username": command.username, "campaign_id": command.campaign_id, "marked": marked},
+        f"password reset required for {command.username}"
+        if marked
+        else f"{command.username} was already marked by this campaign; nothing recorded",
+    )
 
 
 @password_app.command("complete-reset")
@@ -402,14 +402,13 @@ def password_reset_campaign(
         "already_marked": result.already_marked,
         "batches": result.batches,
     }
-    if json_out:
-        print_json(summary)
-    else:
-        out(
-            f"campaign {command.campaign_id}: {result.marked} user(s) marked, "
-            f"{result.already_marked} already marked, {result.targeted} targeted "
-            f"in {result.batches} batch(es)"
-        )
+    reply(
+        json_out,
+        summary,
+        f"campaign {command.campaign_id}: {result.marked} user(s) marked, "
+        f"{result.already_marked} already marked, {result.targeted} targeted "
+        f"in {result.batches} batch(es)",
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -1292,22 +1292,27 @@ def test_a_wrong_totp_code_at_confirmation_is_recorded_and_counts_toward_the_loc
 
 def test_every_ledger_command_has_a_bad_input_case() -> None:
     # given: the command groups and their commands as the CLI registers them
-    from secstate.cli import ledger_commands
+    from secstate.cli import (
+        account_commands,
+        allowlist_commands,
+        apikey_commands,
+        dkim_commands,
+        factor_commands,
+        staff_commands,
+        user_commands,
+    )
 
     groups = {
-        name: getattr(ledger_commands, f"{var}_app")
-        for name, var in (
-            ("account", "account"),
-            ("user", "user"),
-            ("password", "password"),
-            ("apikey", "apikey"),
-            ("totp", "totp"),
-            ("recovery-codes", "recovery"),
-            ("allowlist", "allowlist"),
-            ("access", "access"),
-            ("dkim", "dkim"),
-            ("staff", "staff"),
-        )
+        "account": account_commands.account_app,
+        "user": user_commands.user_app,
+        "password": user_commands.password_app,
+        "apikey": apikey_commands.apikey_app,
+        "totp": factor_commands.totp_app,
+        "recovery-codes": factor_commands.recovery_app,
+        "allowlist": allowlist_commands.allowlist_app,
+        "access": allowlist_commands.access_app,
+        "dkim": dkim_commands.dkim_app,
+        "staff": staff_commands.staff_app,
     }
     commands = {
         f"{group}-{info.name}"

@@ -49,10 +49,14 @@ EXIT_BROKEN_PIPE = 141
 
 def _register_groups() -> None:
     # Imported here so each module can import ``app`` helpers without cycles.
-    from secstate.cli import ledger_commands
-
-    ledger_commands.register(app)
     for module_name in (
+        "account_commands",
+        "user_commands",
+        "apikey_commands",
+        "factor_commands",
+        "allowlist_commands",
+        "dkim_commands",
+        "staff_commands",
         "demo",
         "state_commands",
         "timeline_commands",

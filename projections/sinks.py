@@ -105,9 +105,9 @@ def create_tracking_tables(tx: Tx) -> set[str]:
 def write_error(db: ViewDB, name: str, position: int, event_type: str | None, message: str) -> None:
     """Keep why follower ``name`` stopped, for ``project status``; replaces any earlier."""
     with db.transaction() as tx:
-        tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (name,))
+        tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (name,))  # noqa: S608 - constant table names
         tx.execute(
-            f"INSERT INTO {ERRORS_TABLE}(view_name, position, event_type, message, failed_at) "
+            f"INSERT INTO {ERRORS_TABLE}(view_name, position, event_type, message, failed_at) "  # noqa: S608 - constant table names
             "VALUES (?, ?, ?, ?, ?)",
             (name, position, event_type, message, datetime.now(UTC).isoformat(timespec="seconds")),
         )
@@ -147,7 +147,8 @@ class ViewSink:
     def position(self, name: str | None = None) -> int:
         with self.db.reading() as tx:
             row = tx.query_one(
-                f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?", (name or self.name,)
+                f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?",  # noqa: S608 - constant table names
+                (name or self.name,),
             )
         return int(row[0]) if row else 0
 
@@ -169,19 +170,20 @@ class ViewSink:
     def lock_position(tx: Tx, name: str) -> int:
         """The stored position, locked until ``tx`` ends."""
         tx.execute(
-            f"INSERT INTO {TRACKING_TABLE}(view_name, position) VALUES (?, 0) "
+            f"INSERT INTO {TRACKING_TABLE}(view_name, position) VALUES (?, 0) "  # noqa: S608 - constant table names
             "ON CONFLICT (view_name) DO NOTHING",
             (name,),
         )
         row = tx.query_one_locked(
-            f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?", (name,)
+            f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?",  # noqa: S608 - constant table names
+            (name,),
         )
         return int(row[0]) if row else 0
 
     @staticmethod
     def save_position(tx: Tx, name: str, position: int) -> None:
         tx.execute(
-            f"INSERT INTO {TRACKING_TABLE}(view_name, position) VALUES (?, ?) "
+            f"INSERT INTO {TRACKING_TABLE}(view_name, position) VALUES (?, ?) "  # noqa: S608 - constant table names
             "ON CONFLICT (view_name) DO UPDATE SET position = excluded.position",
             (name, position),
         )
@@ -230,7 +232,7 @@ class ViewSink:
                 self.view.apply_batch(tx, items)
                 self.save_position(tx, name, items[-1][0])
                 if name == self.name:
-                    tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (name,))
+                    tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (name,))  # noqa: S608 - constant table names
         except BaseException:
             self.view.rolled_back()
             raise
@@ -249,7 +251,7 @@ class ViewSink:
                 tx.execute(f"DROP TABLE IF EXISTS {table}{REBUILD_SUFFIX}")
             for statement in self.view.ddl(self.db.dialect):
                 tx.execute(statement)
-            tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
+            tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))  # noqa: S608 - constant table names
         self.view.build_started()
 
     def finish_shadow(self) -> None:
@@ -268,8 +270,8 @@ class ViewSink:
             for table in self.view.tables:
                 tx.execute(f"DROP TABLE IF EXISTS {table}")
                 tx.execute(f"ALTER TABLE {table}{REBUILD_SUFFIX} RENAME TO {table}")
-            tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))
-            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.name,))
+            tx.execute(f"DELETE FROM {TRACKING_TABLE} WHERE view_name=?", (self.shadow_name,))  # noqa: S608 - constant table names
+            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.name,))  # noqa: S608 - constant table names
             self.save_position(tx, self.name, position)
         # Fresh tables have neither planner statistics nor a visibility map yet.
         self.db.refresh_statistics(self.view.tables)
@@ -299,7 +301,8 @@ class TrackedSink(AcknowledgedSink):
     def position(self) -> int:
         with self.db.reading() as tx:
             row = tx.query_one(
-                f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?", (self.name,)
+                f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?",  # noqa: S608 - constant table names
+                (self.name,),
             )
         return int(row[0]) if row else 0
 
@@ -314,7 +317,7 @@ class TrackedSink(AcknowledgedSink):
     def save_position(self, position: int) -> None:
         with self.db.transaction() as tx:
             ViewSink.save_position(tx, self.name, position)
-            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.name,))
+            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.name,))  # noqa: S608 - constant table names
 
     def record_error(self, position: int, event_type: str | None, message: str) -> None:
         write_error(self.db, self.name, position, event_type, message)

@@ -42,7 +42,7 @@ def read_last_error(db: ViewDB, name: str) -> ViewError | None:
         return None
     with db.reading() as tx:
         row = tx.query_one(
-            f"SELECT position, event_type, message, failed_at FROM {ERRORS_TABLE} "
+            f"SELECT position, event_type, message, failed_at FROM {ERRORS_TABLE} "  # noqa: S608 - constant table names
             "WHERE view_name=?",
             (name,),
         )
@@ -56,5 +56,5 @@ def read_position(db: ViewDB, name: str) -> int | None:
     if not db.table_exists(TRACKING_TABLE):
         return None
     with db.reading() as tx:
-        row = tx.query_one(f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?", (name,))
+        row = tx.query_one(f"SELECT position FROM {TRACKING_TABLE} WHERE view_name=?", (name,))  # noqa: S608 - constant table names
     return int(row[0]) if row else None

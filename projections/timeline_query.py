@@ -462,7 +462,7 @@ def _page_sql(
     if flt.account is None:
         where = " AND ".join(base.where) or "1=1"
         statement = (
-            f"SELECT {columns} FROM {TIMELINE} t WHERE {where} "
+            f"SELECT {columns} FROM {TIMELINE} t WHERE {where} "  # noqa: S608 - constant names; conditions are fixed fragments with ? values
             f"ORDER BY t.position {direction} LIMIT ?"
         )
         return statement, [*base.params, size]
@@ -472,7 +472,7 @@ def _page_sql(
     # SQLite joins in the order written with CROSS JOIN: the touch table drives.
     join = "CROSS JOIN" if dialect == "sqlite" else "JOIN"
     statement = (
-        f"SELECT {columns} FROM {TIMELINE} t WHERE t.account = ?{where} "
+        f"SELECT {columns} FROM {TIMELINE} t WHERE t.account = ?{where} "  # noqa: S608 - constant names; conditions are fixed fragments with ? values
         f"UNION ALL "
         f"SELECT {columns} FROM {TOUCH} x {join} {TIMELINE} t ON t.position = x.position "
         f"WHERE x.account = ?{where} "
@@ -499,7 +499,7 @@ def _sorted_positions_sql(
     columns = ", ".join(f"t.{c}" for c in COLUMNS)
     direction = _direction(flt)
     statement = (
-        f"SELECT {columns} FROM {TIMELINE} t WHERE t.position IN ("
+        f"SELECT {columns} FROM {TIMELINE} t WHERE t.position IN ("  # noqa: S608 - constant names; conditions are fixed fragments with ? values
         f"SELECT t.position FROM {TIMELINE} t WHERE {where} "
         f"ORDER BY t.position + 0 {direction} LIMIT ?) "
         f"ORDER BY t.position {direction}"
@@ -525,7 +525,7 @@ def _probe_sql(
     where = " AND ".join([*cursor.where, *base.where]) or "1=1"
     columns = ", ".join(f"t.{c}" for c in COLUMNS)
     statement = (
-        f"SELECT {columns} FROM {TIMELINE} t WHERE {where} "
+        f"SELECT {columns} FROM {TIMELINE} t WHERE {where} "  # noqa: S608 - constant names; conditions are fixed fragments with ? values
         f"ORDER BY t.position {_direction(flt)} LIMIT ?"
     )
     return statement, [*cursor.params, *base.params, size]
@@ -535,7 +535,7 @@ def _window_end_sql(flt: TimelineFilter, after: int | None, window: int) -> tupl
     cursor = _cursor_condition(flt, after, "position")
     where = " AND ".join(cursor.where) or "1=1"
     statement = (
-        f"SELECT position FROM {TIMELINE} WHERE {where} "
+        f"SELECT position FROM {TIMELINE} WHERE {where} "  # noqa: S608 - constant names; conditions are fixed fragments with ? values
         f"ORDER BY position {_direction(flt)} LIMIT 1 OFFSET ?"
     )
     return statement, [*cursor.params, window - 1]
@@ -563,7 +563,8 @@ def resolve_username(db: ViewDB, user: str) -> str:
     """The username as registered (usernames are case-insensitive), or as given."""
     with db.reading() as tx:
         row = tx.query_one(
-            f"SELECT name FROM {IDS} WHERE id = ?", (str(natural_id("user", user.lower())),)
+            f"SELECT name FROM {IDS} WHERE id = ?",  # noqa: S608 - constant table names
+            (str(natural_id("user", user.lower())),),
         )
     return str(row[0]) if row else user
 

@@ -27,7 +27,8 @@ class StateQueries:
         account_id = str(Account.create_id(name))
         with self.db.reading() as tx:
             row = tx.query_one(
-                f"SELECT record FROM {ACCOUNTS_TABLE} WHERE account_id = ?", (account_id,)
+                f"SELECT record FROM {ACCOUNTS_TABLE} WHERE account_id = ?",  # noqa: S608 - constant table names
+                (account_id,),
             )
         if row is None:
             raise UnknownAccountError(f"no account named {name!r} in the state view")
@@ -39,12 +40,14 @@ class StateQueries:
         account_id = str(Account.create_id(name))
         with self.db.reading() as tx:
             row = tx.query_one(
-                f"SELECT record FROM {ACCOUNTS_TABLE} WHERE account_id = ?", (account_id,)
+                f"SELECT record FROM {ACCOUNTS_TABLE} WHERE account_id = ?",  # noqa: S608 - constant table names
+                (account_id,),
             )
             if row is None:
                 raise UnknownAccountError(f"no account named {name!r} in the state view")
             user_rows = tx.query_all(
-                f"SELECT record FROM {USERS_TABLE} WHERE account_id = ?", (account_id,)
+                f"SELECT record FROM {USERS_TABLE} WHERE account_id = ?",  # noqa: S608 - constant table names
+                (account_id,),
             )
         return render_document(
             json.loads(row[0]),
@@ -55,7 +58,7 @@ class StateQueries:
     def get_user_state(self, username: str, as_of: datetime | None = None) -> Document:
         user_id = str(User.create_id(username))
         with self.db.reading() as tx:
-            row = tx.query_one(f"SELECT record FROM {USERS_TABLE} WHERE user_id = ?", (user_id,))
+            row = tx.query_one(f"SELECT record FROM {USERS_TABLE} WHERE user_id = ?", (user_id,))  # noqa: S608 - constant table names
         if row is None:
             raise UnknownUserError(f"no user named {username!r} in the state view")
         return render_user(json.loads(row[0]), as_of or datetime.now(UTC))
@@ -86,7 +89,7 @@ class StateQueries:
         where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
         with self.db.reading() as tx:
             rows = tx.query_all(
-                "SELECT u.username, a.name, u.email, u.role, u.status, u.reset_campaign_id, "
+                "SELECT u.username, a.name, u.email, u.role, u.status, u.reset_campaign_id, "  # noqa: S608 - constant names; conditions are fixed fragments with ? values
                 "u.password_changed_at, u.failed_logins, u.last_login_at, u.confirmed_factors "
                 f"FROM {USERS_TABLE} u LEFT JOIN {ACCOUNTS_TABLE} a "
                 f"ON a.account_id = u.account_id{where} ORDER BY u.username",

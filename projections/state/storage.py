@@ -173,7 +173,7 @@ class StateView(View):
             chunk = ordered[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
             for key, text in tx.query_all(
-                f"SELECT {key_column}, record FROM {table} WHERE {key_column} IN ({marks})",
+                f"SELECT {key_column}, record FROM {table} WHERE {key_column} IN ({marks})",  # noqa: S608 - constant table and column names
                 chunk,
             ):
                 found[key] = json.loads(text)
@@ -182,7 +182,7 @@ class StateView(View):
     def _write_accounts(self, tx: Tx, records: Iterable[Record]) -> None:
         rows = [(r["id"], r["name"], r["kind"], _dumps(r)) for r in records]
         tx.executemany(
-            f"INSERT INTO {self.t(ACCOUNTS_TABLE)} (account_id, name, kind, record) "
+            f"INSERT INTO {self.t(ACCOUNTS_TABLE)} (account_id, name, kind, record) "  # noqa: S608 - constant table names
             "VALUES (?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET "
             "name = excluded.name, kind = excluded.kind, record = excluded.record",
             rows,
@@ -208,7 +208,7 @@ class StateView(View):
             for r in records
         ]
         tx.executemany(
-            f"INSERT INTO {self.t(USERS_TABLE)} (user_id, account_id, username, email, role, "
+            f"INSERT INTO {self.t(USERS_TABLE)} (user_id, account_id, username, email, role, "  # noqa: S608 - constant table names
             "status, reset_required, reset_campaign_id, password_changed_at, failed_logins, "
             "last_login_at, confirmed_factors, record) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "

@@ -326,7 +326,7 @@ class TimelineView(View):
 
     def _stats_stale(self, tx: Tx) -> bool:
         """Grown tenfold since last analyzed (never on PostgreSQL, whose autovacuum does)?"""
-        row = tx.query_one(f"SELECT MAX(position) FROM {self.t(TIMELINE)}")
+        row = tx.query_one(f"SELECT MAX(position) FROM {self.t(TIMELINE)}")  # noqa: S608 - the view's own constant table and column names
         size = int(row[0] or 0)
         return size >= STATS_MIN_ROWS and tx.statistics_stale(self.t(TIMELINE), size)
 
@@ -370,7 +370,7 @@ class TimelineView(View):
                 raise ProjectionFailedError(self.name, position, spec.type_name, e) from e
         if new_ids:
             tx.executemany(
-                f"INSERT INTO {self.t(IDS)} (id, kind, name, account_id) VALUES (?, ?, ?, ?) "
+                f"INSERT INTO {self.t(IDS)} (id, kind, name, account_id) VALUES (?, ?, ?, ?) "  # noqa: S608 - the view's own constant table and column names
                 "ON CONFLICT (id) DO NOTHING",
                 new_ids,
             )
@@ -379,7 +379,8 @@ class TimelineView(View):
         tx.copy_rows(self.t(TIMELINE), INSERT_COLUMNS, rows)
         if touches:
             tx.executemany(
-                f"INSERT INTO {self.t(TOUCH)} (position, account) VALUES (?, ?)", touches
+                f"INSERT INTO {self.t(TOUCH)} (position, account) VALUES (?, ?)",
+                touches,  # noqa: S608 - the view's own constant table and column names
             )
 
     def _row(
@@ -518,7 +519,7 @@ class TimelineView(View):
     def _lookup(self, tx: Tx, ident: str) -> tuple[str, str | None] | None:
         if ident in self._names:
             return self._names[ident]
-        row = tx.query_one(f"SELECT name, account_id FROM {self.t(IDS)} WHERE id = ?", (ident,))
+        row = tx.query_one(f"SELECT name, account_id FROM {self.t(IDS)} WHERE id = ?", (ident,))  # noqa: S608 - the view's own constant table and column names
         found = (str(row[0]), row[1]) if row else None
         self._names[ident] = found
         return found

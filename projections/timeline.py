@@ -379,8 +379,8 @@ class TimelineView(View):
         tx.copy_rows(self.t(TIMELINE), INSERT_COLUMNS, rows)
         if touches:
             tx.executemany(
-                f"INSERT INTO {self.t(TOUCH)} (position, account) VALUES (?, ?)",
-                touches,  # noqa: S608 - the view's own constant table and column names
+                f"INSERT INTO {self.t(TOUCH)} (position, account) VALUES (?, ?)",  # noqa: S608 - the view's own constant table and column names
+                touches,
             )
 
     def _row(

@@ -85,10 +85,10 @@ class AcknowledgedSink(ABC):
         return False
 
 
-def create_tracking_tables(tx: Tx) -> set[str]:
+def create_tracking_tables(tx: Tx, also: Sequence[str] = ()) -> set[str]:
     """The shared position and error tables, created if missing (inside the setup lock);
-    returns the tables that existed before, of those and any the caller asks about."""
-    present = tx.existing_tables((TRACKING_TABLE, ERRORS_TABLE))
+    returns which of them, and of the tables in ``also``, existed before."""
+    present = tx.existing_tables((TRACKING_TABLE, ERRORS_TABLE, *also))
     if TRACKING_TABLE not in present:
         tx.execute(
             f"CREATE TABLE {TRACKING_TABLE} (view_name TEXT PRIMARY KEY, position BIGINT NOT NULL)"
@@ -138,7 +138,7 @@ class ViewSink:
         if self.db.existing_tables(needed) == set(needed):
             return
         with self.db.setup_transaction() as tx:
-            present = create_tracking_tables(tx)
+            present = create_tracking_tables(tx, self.view.tables)
             if not present.issuperset(self.view.tables):
                 self.view.token = secrets.token_hex(4)
                 for statement in self.view.ddl(self.db.dialect):

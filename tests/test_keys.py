@@ -729,6 +729,15 @@ def test_every_sealed_event_field_is_known_to_the_store_scan() -> None:
                     fields |= {(topic, name) for name in annotations if "sealed" in name}
     # then the scan that decides whether a ring may be made knows each sealed field
     assert fields == {(f.topic, f.field) for f in SEALED_FIELDS}
+    # and so does the event catalogue, which keeps them out of every public payload
+    from domain.catalogue import catalogue_entry, event_class
+
+    catalogued = set()
+    for topic, _ in fields:
+        cls = event_class(topic)
+        assert cls is not None
+        catalogued |= {(topic, name) for name in catalogue_entry(cls).sealed}
+    assert catalogued == fields
 
 
 def test_two_first_rings_at_once_leave_exactly_one(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from eventsourcing.domain import Aggregate
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -168,6 +168,20 @@ def parse_demo_options(**data: Any) -> DemoOptions:
         return DemoOptions.model_validate(data)
     except ValidationError as e:
         raise InvalidCommandError("demo options", describe_validation_error(e)) from None
+
+
+T = TypeVar("T")
+
+
+class DemoStoryError(SecStateError):
+    """The generator reached a step its story had not set up (a bug of the demo)."""
+
+
+def _present(value: T | None, what: str) -> T:
+    """``value``, which the story must have set up by now."""
+    if value is None:
+        raise DemoStoryError(f"the demo has no {what} at this point of the story")
+    return value
 
 
 class DemoRefusedError(SecStateError):
@@ -625,9 +639,9 @@ class _Simulation:
     def dkim_generate(
         self, sa: _SimAccount, selector: str, stamp: Stamp, campaign_id: str | None
     ) -> None:
-        assert sa.dkim_domain is not None
+        domain = _present(sa.dkim_domain, "DKIM domain for this account")
         sa.account.generate_dkim_key(
-            sa.dkim_domain,
+            domain,
             selector,
             self.dkim_algorithm,
             self.keyring,
@@ -762,8 +776,7 @@ class _Simulation:
 
     def attack(self, night: int, day: date) -> Process:
         rng = self.rng
-        su = self.attacked
-        assert su is not None
+        su = _present(self.attacked, "attacked employee")
         at = self.at(day, 1 + rng.uniform(0, 2))
         yield at
         ip = self.ipv4_in(ATTACKER_NET_V4) if night < 2 else self.ipv6_in(ATTACKER_NET_V6)
@@ -822,8 +835,7 @@ class _Simulation:
     def attempt_after_disable(self, day: date) -> Process:
         at = self.at(day, 2 + self.rng.uniform(0, 1))
         yield at
-        su = self.attacked
-        assert su is not None
+        su = _present(self.attacked, "attacked employee")
         if not self.login(su, at, self.ipv4_in(ATTACKER_NET_V4), ATTACKER_BROWSER):
             self.refused_after_disable += 1
 
@@ -844,8 +856,7 @@ class _Simulation:
                 self.spawn(at, self.staff_recovers(su, at))
 
     def lead_ctx(self) -> RequestContext:
-        lead = self.responder
-        assert lead is not None
+        lead = _present(self.responder, "incident responder")
         return self.ctx(lead.actor, lead.usual_ip, ADMIN_TOOL)
 
     def disable_employee(self, day: date) -> None:
@@ -919,7 +930,7 @@ class _Simulation:
             after = rows[-1].position
 
     def rotate_dkim(self, sa: _SimAccount, at: datetime) -> Process:
-        assert sa.dkim_domain is not None
+        domain = _present(sa.dkim_domain, "DKIM domain for this account")
         rotator = Actor(ActorKind.SYSTEM, "dkim-rotator")
         selector = f"r{at:%Y%m%d}"
         self.dkim_generate(
@@ -928,14 +939,14 @@ class _Simulation:
         at += timedelta(minutes=5)
         yield at
         sa.account.publish_dkim_key(
-            sa.dkim_domain, selector, self.stamp(rotator, INTERNAL_JOB_IP, ROTATOR_AGENT, at)
+            domain, selector, self.stamp(rotator, INTERNAL_JOB_IP, ROTATOR_AGENT, at)
         )
         self.writer.touch(sa.account)
         # Activation waits a day for DNS to propagate; it retires the old key with it.
         at += timedelta(days=1)
         yield at
         retired = sa.account.activate_dkim_key(
-            sa.dkim_domain, selector, self.stamp(rotator, INTERNAL_JOB_IP, ROTATOR_AGENT, at)
+            domain, selector, self.stamp(rotator, INTERNAL_JOB_IP, ROTATOR_AGENT, at)
         )
         self.dkim_rotated += 1
         self.dkim_retired += len(retired)

@@ -45,17 +45,22 @@ def view_names() -> list[str]:
     return sorted(VIEWS)
 
 
-def check_names(names: list[str]) -> list[str]:
-    """The names asked for, in order without repeats; all registered ones if none."""
+def pick_names(names: list[str], known: list[str]) -> list[str]:
+    """The names asked for, in order without repeats; all of ``known`` if none.
+    ``UnknownProjectionError`` lists the known names."""
     if not names:
-        return view_names()
-    unknown = [n for n in names if n not in VIEWS]
+        return list(known)
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise UnknownProjectionError(
-            f"unknown projection {', '.join(repr(n) for n in unknown)}; "
-            f"known: {', '.join(view_names())}"
+            f"unknown projection {', '.join(repr(n) for n in unknown)}; known: {', '.join(known)}"
         )
     return list(dict.fromkeys(names))
+
+
+def check_names(names: list[str]) -> list[str]:
+    """The views asked for, in order without repeats; all registered ones if none."""
+    return pick_names(names, view_names())
 
 
 def make_view(name: str) -> View:

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 
 from domain.reader import LedgerReader
 from projections.follower import Follower, view_follower
-from projections.registry import UnknownProjectionError, make_view, view_names
+from projections.registry import make_view, pick_names, view_names
 from projections.status import FollowerStatus, ViewError, read_last_error, read_position
 from secstate.bootstrap import open_view_db
 from secstate.settings import Settings
@@ -90,16 +90,7 @@ def follower_names() -> list[str]:
 
 def check_follower_names(names: list[str]) -> list[str]:
     """The names asked for, in order without repeats; every registered one if none."""
-    if not names:
-        return follower_names()
-    known = _followers()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise UnknownProjectionError(
-            f"unknown projection {', '.join(repr(n) for n in unknown)}; "
-            f"known: {', '.join(follower_names())}"
-        )
-    return list(dict.fromkeys(names))
+    return pick_names(names, follower_names())
 
 
 def open_follower(

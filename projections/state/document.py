@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.account import Account, ApiKeyIndex, dkim_ref
+from domain.public import utc_iso
 from domain.user import User
 from domain.values import UserStatus
 
@@ -37,14 +38,8 @@ Document = dict[str, Any]
 
 
 def iso(moment: datetime | None) -> str | None:
-    """ISO 8601 in UTC, the one time format of the document."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        raise ValueError(f"naive datetime {moment!r} in the event store; expected UTC")
-    if moment.utcoffset():
-        moment = moment.astimezone(UTC)
-    return moment.isoformat()
+    """ISO 8601 in UTC, the one time format of the document (``domain.public.utc_iso``)."""
+    return None if moment is None else utc_iso(moment)
 
 
 def actor_of(event: Any) -> str:

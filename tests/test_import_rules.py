@@ -7,13 +7,16 @@ at module level, inside functions and under ``TYPE_CHECKING`` alike.
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("domain", "store", "projections", "secstate", "producers", "consumers")
+PACKAGES = ("domain", "store", "projections", "secstate", "producers", "consumers", "contracts")
+# What contracts/ may import besides the standard library: downstream teams import it alone.
+CONTRACTS_MAY_IMPORT = ("pydantic", "pydantic_core", "typing_extensions")
 DATABASE_DRIVERS = (
     "sqlite3",
     "psycopg",
@@ -102,7 +105,24 @@ def test_store_and_projections_import_only_the_domain(layer: str) -> None:
 
 @pytest.mark.parametrize("layer", ["producers", "consumers"])
 def test_producers_and_consumers_do_not_reach_into_the_wiring(layer: str) -> None:
-    assert layer_violations(layer, {"domain", "store", "projections"}) == []
+    assert layer_violations(layer, {"domain", "store", "projections", "contracts"}) == []
+
+
+def test_contracts_import_only_pydantic_and_the_standard_library() -> None:
+    # given every module of contracts/ (what downstream teams import on its own)
+    modules = [m for m in MODULES if m.split(".")[0] == "contracts"]
+    assert "contracts.payloads" in modules
+    found = []
+    for module in modules:
+        for name in sorted(imports_of(module)):
+            top = name.split(".")[0]
+            # then it imports contracts/ of ours, pydantic, and the standard library only
+            if top == "contracts" or top in CONTRACTS_MAY_IMPORT:
+                continue
+            if top in sys.stdlib_module_names or top == "__future__":
+                continue
+            found.append(f"{module} imports {name}")
+    assert found == []
 
 
 def test_nothing_imports_the_wiring() -> None:

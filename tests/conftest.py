@@ -1,8 +1,9 @@
 """Shared fixtures: every store-backed test runs on SQLite and on PostgreSQL.
 
-PostgreSQL tests isolate themselves in a fresh schema dropped afterwards. Under CI
-(``CI=true``) a skipped PostgreSQL test fails the run: a green CI must mean both
-backends were really exercised.
+PostgreSQL tests isolate themselves in a fresh schema dropped afterwards. Kafka tests get
+a real Kafka-protocol broker started by the fixtures (tests/kafka_broker.py). Under CI
+(``CI=true``) a skipped PostgreSQL or Kafka test fails the run: a green CI must mean both
+backends and the broker were really exercised.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -21,6 +23,9 @@ from domain.ledger import Ledger
 from secstate.bootstrap import build_ledger
 from secstate.keyring import create_ring_file
 from secstate.settings import Settings
+
+if TYPE_CHECKING:  # kafka_broker imports kafka-python: only tests that use it pay for it
+    from kafka_broker import DurableKafkaBroker, KafkaBroker, MotoS3
 
 POSTGRES_URL = os.environ.get(
     "SECSTATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -124,30 +129,96 @@ def ctx() -> RequestContext:
     return RequestContext(source_ip="198.51.100.10", user_agent="pytest")
 
 
-# --- CI guard: PostgreSQL tests must not be skipped in CI --------------------------------
+# --- Kafka: a real Kafka-protocol broker (Tansu), started and stopped here ----------------
 
-_skipped_postgres: list[str] = []
-_ran_postgres: list[str] = []
+KAFKA_FIXTURES = frozenset({"kafka_broker", "durable_kafka_broker", "kafka_s3"})
+_KAFKA_PROBLEM: str | None = None  # why a durable broker could not start, once seen
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A memory broker for the whole session (one per xdist worker, each on its own port).
+    Tests share it, so each makes its own topic: ``kafka_broker.create_topic(partitions)``.
+    Nothing survives its stop: for restarts use ``durable_kafka_broker``."""
+    from kafka_broker import BrokerUnavailable, start_memory_broker
+
+    try:
+        broker = start_memory_broker(tmp_path_factory.mktemp("kafka"))
+    except BrokerUnavailable as e:
+        pytest.skip(f"Kafka test broker: {e}")
+    yield broker
+    broker.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """The session's moto_server (S3), which durable brokers store into, a bucket each."""
+    from kafka_broker import BrokerUnavailable, start_s3
+
+    try:
+        s3 = start_s3(tmp_path_factory.mktemp("kafka-s3"))
+    except BrokerUnavailable as e:
+        pytest.skip(f"S3 server for the durable Kafka test broker: {e}")
+    yield s3
+    s3.stop()
+
+
+@pytest.fixture
+def durable_kafka_broker(kafka_s3: MotoS3, tmp_path: Path) -> Iterator[DurableKafkaBroker]:
+    """A broker of this test alone, on s3:// storage (a fresh bucket of ``kafka_s3``): the
+    test may ``stop()``, ``stop(kill=True)``, ``start()`` and ``restart()`` it, and finds
+    its topics, records and committed offsets again. Stopped after the test, and the S3
+    server emptied."""
+    global _KAFKA_PROBLEM
+    if _KAFKA_PROBLEM:
+        pytest.skip(_KAFKA_PROBLEM)
+    from kafka_broker import BrokerUnavailable, start_durable_broker
+
+    try:
+        broker = start_durable_broker(tmp_path / "kafka", kafka_s3)
+    except BrokerUnavailable as e:
+        _KAFKA_PROBLEM = f"durable Kafka test broker: {e}"
+        pytest.skip(_KAFKA_PROBLEM)
+    yield broker
+    broker.close()
+    kafka_s3.reset()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses a broker fixture is marked ``kafka`` (for -m and the CI guard)."""
+    for item in items:
+        if KAFKA_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kafka)
+
+
+# --- CI guard: PostgreSQL and Kafka tests must not be skipped in CI ----------------------
+
+_GUARDED = {
+    "postgres": ("PostgreSQL", "PostgreSQL must be running for CI."),
+    "kafka": ("Kafka", "The Kafka test broker (tests/kafka_broker.py) must start for CI."),
+}
+_skipped: dict[str, list[str]] = {marker: [] for marker in _GUARDED}
+_ran: dict[str, list[str]] = {marker: [] for marker in _GUARDED}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "postgres" not in report.keywords:
-        return
-    if report.skipped:
-        _skipped_postgres.append(report.nodeid)
-    elif report.when == "call":
-        _ran_postgres.append(report.nodeid)
+    for marker in _GUARDED:
+        if marker not in report.keywords:
+            continue
+        if report.skipped:
+            _skipped[marker].append(report.nodeid)
+        elif report.when == "call":
+            _ran[marker].append(report.nodeid)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
         return
-    collected_postgres = _skipped_postgres or _ran_postgres
-    if _skipped_postgres:
-        print(
-            f"\nCI FAILURE: {len(_skipped_postgres)} PostgreSQL test(s) were skipped in CI, "
-            f"e.g. {_skipped_postgres[0]}. PostgreSQL must be running for CI."
-        )
-        session.exitstatus = 1
-    elif collected_postgres and not _ran_postgres:
-        session.exitstatus = 1
+    for marker, (name, remedy) in _GUARDED.items():
+        skipped = _skipped[marker]
+        if skipped:
+            print(
+                f"\nCI FAILURE: {len(skipped)} {name} test(s) were skipped in CI, "
+                f"e.g. {skipped[0]}. {remedy}"
+            )
+            session.exitstatus = 1

@@ -106,9 +106,18 @@ def parse_value(ce_type: str, value: bytes | str) -> SecurityEvent[Any]:
     try:
         return _ENVELOPES[model].model_validate_json(value)
     except ValidationError as e:
-        raise PayloadInvalid(
-            f"{ce_type}: {e}", [dict(err) for err in e.errors(include_url=False)]
-        ) from None
+        errors = e.errors(include_url=False, include_input=False)
+        raise PayloadInvalid(f"{ce_type}: {describe(errors)}", [dict(x) for x in errors]) from None
+
+
+def describe(errors: list[Any], limit: int = 5) -> str:
+    """Pydantic's errors on one line: ``data.records: Input should be a valid integer``."""
+    parts = [
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in errors[:limit]
+    ]
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
+    return "; ".join(parts)
 
 
 __all__ = [

@@ -38,13 +38,16 @@ from contracts.payloads import (
 )
 from contracts.registry import (
     ContractError,
+    HeadersMismatch,
     PayloadInvalid,
     UnknownEventType,
     UnknownVersion,
     envelope_for,
     model_for_ce_type,
     model_for_event_type,
+    parse_message,
     parse_value,
+    validate_value,
 )
 from contracts.schemas import REGENERATE, main, render
 from domain.account import Account, ApiKeyIndex
@@ -153,11 +156,12 @@ def check_publishes(events: list[Any]) -> set[str]:
     """Every event validates into SecurityEvent[its model], from the dict and from JSON;
     the type names seen."""
     seen = set()
-    for event, account in account_ids(events):
+    for position, (event, account) in enumerate(account_ids(events), start=1):
         value = published_value(event, account)
         model = model_for_event_type(value["type"])
         assert model is not None, value["type"]
-        parsed = envelope_for(model).model_validate(value)
+        parsed = validate_value(value)
+        assert type(parsed) is envelope_for(model)
         assert isinstance(parsed.data, model)
         from_wire = parse_value(model.CE_TYPE, json.dumps(value).encode())
         assert from_wire == parsed
@@ -167,6 +171,9 @@ def check_publishes(events: list[Any]) -> set[str]:
         assert parsed.aggregate_id == event.originator_id
         assert parsed.version == event.originator_version
         assert parsed.account_id == account
+        # and as a whole message, with the headers the relay sets
+        attrs = ce.CloudEventAttributes.for_event(parsed, position=position, account_seq=1)
+        assert parse_message(attrs.to_headers(), json.dumps(value)) == (attrs, parsed)
         seen.add(value["type"])
     return seen
 
@@ -278,6 +285,16 @@ def test_a_value_that_does_not_fit_its_model_is_refused_naming_the_field(
     assert caught.value.reason == "payload_invalid"
     assert where in str(caught.value)
     assert next(".".join(map(str, e["loc"])) for e in caught.value.errors).endswith(where)
+
+
+def test_a_value_of_no_known_type_is_refused_before_publishing() -> None:
+    with pytest.raises(UnknownEventType):
+        validate_value(changed("type", "User.Teleported"))
+    with pytest.raises(UnknownEventType):
+        validate_value(changed("type", DELETE))
+    with pytest.raises(PayloadInvalid, match=r"data\.records"):
+        validate_value(changed("data.records", "many"))
+    assert validate_value(valid_value()) == parse(valid_value())
 
 
 def test_a_value_of_another_type_than_its_ce_type_is_refused() -> None:
@@ -425,6 +442,30 @@ def test_subject_and_id_must_name_the_same_aggregate() -> None:
     other = f"user/{uuid.uuid4()}".encode()
     with pytest.raises(ce.HeaderError, match="different aggregates"):
         ce.CloudEventAttributes.from_headers(headers_with("ce_subject", other))
+
+
+def test_a_message_whose_headers_and_value_disagree_is_refused() -> None:
+    headers = attributes().to_headers()
+    assert parse_message(headers, json.dumps(valid_value())).attributes == attributes()
+    for path, new, header in [
+        ("version", 8, "ce_id"),
+        ("aggregate_id", str(uuid.uuid4()), "ce_id"),
+        ("account_id", str(uuid.uuid4()), "ce_partitionkey"),
+        ("account_id", None, "ce_partitionkey"),
+        ("occurred_at", "2015-05-01T10:00:01+00:00", "ce_time"),
+        ("recorded_at", "2026-12-04T18:00:00+00:00", "ce_recordedtime"),
+    ]:
+        with pytest.raises(HeadersMismatch, match=header) as caught:
+            parse_message(headers, json.dumps(changed(path, new)))
+        assert caught.value.reason == "headers_mismatch"
+    # the headers are read first, then the value
+    with pytest.raises(ce.HeaderError):
+        parse_message(headers_with("ce_type", b"nonsense"), json.dumps(valid_value()))
+    with pytest.raises(UnknownVersion):
+        parse_message(
+            headers_with("ce_type", b"io.secstate.user.internal_system_accessed.v2"),
+            json.dumps(valid_value()),
+        )
 
 
 # --- the checked-in files are what the code generates ------------------------------------

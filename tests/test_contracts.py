@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,12 +29,19 @@ from contracts.asyncapi import document
 from contracts.envelope import SecurityEvent
 from contracts.payloads import (
     MODELS,
+    AccountOpened,
     ApiKeyUsed,
+    DkimKeyGenerated,
     EventData,
     InternalSystemAccessed,
     LoginFailed,
+    MemberAdded,
     PasswordChanged,
+    PasswordChangeFailed,
+    SecondFactorRemoved,
+    TotpConfirmationFailed,
     UnknownUserRefused,
+    UserRegistered,
     ce_type_for,
 )
 from contracts.registry import (
@@ -53,9 +61,12 @@ from contracts.schemas import REGENERATE, main, render
 from domain.account import Account, ApiKeyIndex
 from domain.attempts import CredentialAttempt
 from domain.catalogue import CATALOGUE, secret_fields
+from domain.commands import RecordStaffAccess
+from domain.context import ActorKind
 from domain.public import public_payload
-from domain.user import User
-from domain.values import is_secret_field
+from domain.secrets import DKIM_ALGORITHMS
+from domain.user import LoginFailure, User
+from domain.values import AccountKind, FactorKind, Role, is_secret_field
 from projections.source import LogSource
 from secstate.bootstrap import build_reader
 from secstate.demo import DemoOptions, run_demo
@@ -114,6 +125,36 @@ def test_ce_types_are_versioned_snake_case_names_of_the_event_types() -> None:
         assert ce_type_for(model.EVENT_TYPE, model.VERSION) == model.CE_TYPE
         assert model_for_ce_type(model.CE_TYPE) is model
     assert len({m.CE_TYPE for m in MODELS}) == len(MODELS)
+
+
+def literal_values(model: type[Any], field: str) -> set[Any]:
+    """The values a field's Literal type admits (None aside)."""
+
+    def values(annotation: Any) -> set[Any]:
+        if typing.get_origin(annotation) is typing.Literal:
+            return set(typing.get_args(annotation))
+        return {v for arg in typing.get_args(annotation) for v in values(arg)}
+
+    return values(model.model_fields[field].annotation)
+
+
+def test_the_fixed_sets_are_the_domains() -> None:
+    # where the domain names a fixed set of values, the model admits exactly that set
+    failures = {v for k, v in vars(LoginFailure).items() if k.isupper()}
+    assert literal_values(AccountOpened, "kind") == {k.value for k in AccountKind}
+    assert literal_values(MemberAdded, "role") == {r.value for r in Role}
+    assert literal_values(UserRegistered, "role") == {r.value for r in Role}
+    assert literal_values(SecondFactorRemoved, "kind") == {k.value for k in FactorKind}
+    assert literal_values(DkimKeyGenerated, "algorithm") == set(DKIM_ALGORITHMS)
+    assert literal_values(InternalSystemAccessed, "action") == literal_values(
+        RecordStaffAccess, "action"
+    )
+    assert literal_values(SecurityEvent, "actor_kind") == {k.value for k in ActorKind}
+    # a check of a user's secret: every reason but those of other paths
+    refusals = failures - {"unknown_user", "no_pending_enrolment"}
+    assert literal_values(LoginFailed, "reason") == refusals
+    assert literal_values(PasswordChangeFailed, "reason") == refusals
+    assert literal_values(TotpConfirmationFailed, "reason") <= failures
 
 
 # --- every stored event validates as published ------------------------------------------

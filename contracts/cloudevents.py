@@ -171,8 +171,11 @@ class CloudEventAttributes(BaseModel):
 
     @model_validator(mode="after")
     def _subject_is_the_ids(self) -> Self:
-        if self.subject.rpartition("/")[2] != self.id.partition(":")[0]:
+        family, _, aggregate = self.subject.partition("/")
+        if aggregate != self.id.partition(":")[0]:
             raise ValueError("subject and id name different aggregates")
+        if self.type.split(".")[2] != family:
+            raise ValueError(f"subject is of family {family!r}, the type {self.type!r} is not")
         return self
 
     @property

@@ -106,6 +106,8 @@ def test_no_model_field_is_a_secret() -> None:
 
 def test_models_are_frozen_and_refuse_unknown_fields() -> None:
     for model in MODELS:
+        # every field is required, nullable ones too: a missing field is refused
+        assert all(f.is_required() for f in model.model_fields.values()), model.__name__
         assert model.model_config.get("extra") == "forbid", model.__name__
         assert model.model_config.get("frozen") is True, model.__name__
         assert (model.__doc__ or "").strip(), f"{model.__name__} says what happened"
@@ -483,6 +485,9 @@ def test_subject_and_id_must_name_the_same_aggregate() -> None:
     other = f"user/{uuid.uuid4()}".encode()
     with pytest.raises(ce.HeaderError, match="different aggregates"):
         ce.CloudEventAttributes.from_headers(headers_with("ce_subject", other))
+    account = f"account/{attributes().aggregate_id}".encode()
+    with pytest.raises(ce.HeaderError, match="subject is of family 'account', the type"):
+        ce.CloudEventAttributes.from_headers(headers_with("ce_subject", account))
 
 
 def test_a_message_whose_headers_and_value_disagree_is_refused() -> None:

@@ -40,12 +40,13 @@ def _test_hook() -> Any:
         return None
     done = [0]
 
+    log = logging.getLogger("consumers")
+
     def after(delivered: Delivered[Any], result: Result) -> None:
         done[0] += 1
+        log.info("test hook: handled %s (%s)", delivered.ce_id, result.outcome.value)
         if kill_after and done[0] >= kill_after:
-            logging.getLogger("consumers").warning(
-                "test hook: SIGKILL after %d transactions (%s)", done[0], delivered.ce_id
-            )
+            log.warning("test hook: SIGKILL after %d transactions (%s)", done[0], delivered.ce_id)
             os.kill(os.getpid(), signal.SIGKILL)
         if delay:
             time.sleep(delay)

@@ -97,7 +97,7 @@ class RunSummary:
     gaps: int = 0
     dead_lettered: int = 0
     commits: int = 0
-    rebalances: int = 0
+    rebalances: int = 0  # times partitions were taken from this member
     abandoned: int = 0  # left uncommitted at a stop, to be redelivered
 
 
@@ -243,17 +243,18 @@ class _Loop:
             self.committed[tp] = meta.offset
 
     def revoked(self, partitions: set[Any]) -> None:
+        if not partitions:  # before the first join
+            return
         self.summary.rebalances += 1
         self._commit(partitions)
         for tp in partitions:
             self.pending.pop(tp, None)
             self.committed.pop(tp, None)
-        if partitions:
-            log.info(
-                "%s: partitions revoked: %s",
-                self.app.name,
-                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions)),
-            )
+        log.info(
+            "%s: partitions revoked: %s",
+            self.app.name,
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(partitions)),
+        )
 
     def assigned(self, partitions: set[Any]) -> None:
         log.info(

@@ -7,9 +7,10 @@ consumer goes on."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +275,71 @@ def test_what_cannot_be_handled_is_dead_lettered_with_its_reason_and_the_consume
     assert summary.dead_lettered == len(bad) + 1
     # no action of the locked user's sessions was queued: the transaction rolled back
     assert (locked.ce_id, r.REVOKE_USER_SESSIONS) not in actions_of(app.store)
+
+
+def test_a_member_joining_takes_partitions_over_without_a_message_handled_twice(
+    kafka_broker: KafkaBroker, app: ConsumerApp, location: str
+) -> None:
+    # given one member working through a story slowly, a few messages per poll
+    topic = kafka_broker.create_topic(4)
+    told = story(8)
+    publish(kafka_broker.bootstrap, topic, told.messages)
+    ids = {m.ce_id for m in told.messages}
+
+    def slowly(delivered: Delivered[Any], result: Any) -> None:
+        time.sleep(0.02)
+
+    options = replace(OPTIONS, max_poll_records=5, after_transaction=slowly)
+    group = f"join-{uuid.uuid4().hex[:6]}"
+    first = run_in_thread(app, kafka_broker.bootstrap, topic, group, options=options)
+    assert wait_for(lambda: len(app.handled_ids()) >= 5, timeout=60)
+    # when a second member joins the group (its own store object on the same database)
+    other = r.open_app(location)
+    try:
+        second = run_in_thread(other, kafka_broker.bootstrap, topic, group, options=options)
+        assert wait_for(lambda: app.handled_ids() == ids, timeout=90)
+        one, two = stop(first), stop(second)
+    finally:
+        other.store.close()
+    # then the partitions were shared, what was done was committed before they moved,
+    # and no message was handled twice
+    assert one.rebalances >= 1
+    assert one.messages > 0
+    assert two.messages > 0
+    assert app.status().count("duplicate") == 0
+    assert one.messages + two.messages == len(told.messages)
+    assert sorted(actions_of(app.store)) == sorted(told.expected)
+
+
+def test_a_downstream_consumer_in_a_dozen_lines(kafka_broker: KafkaBroker, tmp_path: Path) -> None:
+    # given a story on a topic
+    topic = kafka_broker.create_topic(2)
+    told = story(2)
+    publish(kafka_broker.bootstrap, topic, told.messages)
+    # when a downstream team writes its own consumer with the SDK (the docstring's example)
+    from consumers import ConsumerApp, ConsumerStore
+
+    app = ConsumerApp("sessions", store=ConsumerStore.open(tmp_path / "sessions.db"))
+    app.tables("CREATE TABLE IF NOT EXISTS revoked (user_id TEXT PRIMARY KEY, at TEXT)")
+
+    @app.handles(PasswordChanged, UserLocked)
+    def revoke_sessions(event: Delivered[PasswordChanged | UserLocked], tx: Tx) -> None:
+        tx.execute(
+            "INSERT INTO revoked VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (str(event.aggregate_id), event.event.occurred_at.isoformat()),
+        )
+
+    running = run_in_thread(app, kafka_broker.bootstrap, topic, "sessions", options=OPTIONS)
+    ids = {m.ce_id for m in told.messages}
+    try:
+        assert wait_for(lambda: app.handled_ids() == ids, timeout=60)
+    finally:
+        stop(running)
+    # then its table has what it wrote: each user whose sessions must go, once
+    with app.store.reading() as tx:
+        revoked = tx.query_all("SELECT user_id FROM revoked")
+    users = {
+        json.loads(m.value)["aggregate_id"] for m in told.messages if b"User.UserLocked" in m.value
+    }
+    assert {row[0] for row in revoked} == users
+    app.store.close()

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", help="consumer group id (default: secstate-NAME)")
     parser.add_argument("--dead-letter-topic", help="default: TOPIC.dlq")
     parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--transaction-size", type=int, default=200, help="messages at most")
+    parser.add_argument("--max-poll-records", type=int, default=500)
     parser.add_argument("--session-timeout-ms", type=int)
     parser.add_argument("--heartbeat-interval-ms", type=int)
     parser.add_argument("--fetch-max-wait-ms", type=int)
@@ -96,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         options = RunOptions(
             dead_letter_topic=args.dead_letter_topic,
             max_attempts=args.max_attempts,
+            transaction_size=args.transaction_size,
+            max_poll_records=args.max_poll_records,
             consumer_config=config,
             after_transaction=_test_hook(),
         )

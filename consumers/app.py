@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -95,38 +96,51 @@ class ConsumerApp:
     def handle(self, delivered: Delivered[Any]) -> Result:
         """One message in one transaction (see the module's docstring). A handler's
         exception rolls everything back and propagates."""
+        return self.handle_batch([delivered])[0]
+
+    def handle_batch(self, batch: Sequence[Delivered[Any]]) -> list[Result]:
+        """Several messages, in order, in ONE transaction: all their effects and
+        bookkeeping commit together (one commit, and a few statements of bookkeeping for
+        the whole batch), or, if a handler raises, none does and the exception
+        propagates."""
         self.setup()
+        results: list[Result] = []
         with self.store.transaction() as tx:
-            self._serialise(tx, delivered.partition_key)
-            if self._was_handled(tx, delivered.ce_id):
-                self._count(tx, Outcome.DUPLICATE)
-                return Result(Outcome.DUPLICATE)
-            last = self._last_sequence(tx, delivered.partition_key)
-            late = False
-            if delivered.sequence <= last:
-                late = self._fills_gap(tx, delivered.partition_key, delivered.sequence)
-                if not late:
-                    self._count(tx, Outcome.STALE)
-                    return Result(Outcome.STALE)
-            gap = self._track(tx, delivered, last)
-            handlers = self._handlers.get(type(delivered.data), ())
-            for handler in handlers:
-                handler(delivered, tx)
-            outcome = Outcome.HANDLED if handlers else Outcome.NO_HANDLER
-            self._record(tx, delivered, outcome)
-            self._count(tx, outcome)
-            if late:
-                self._count(tx, "late_arrivals")
-        if gap is not None:
-            log.warning("%s", gap.describe(self.name))
-        if late:
-            log.warning(
-                "%s: %s (sequence %d of %s) arrived after a later event; handled",
-                self.name,
-                delivered.ce_id,
-                delivered.sequence,
-                delivered.partition_key,
-            )
+            books = _Books(self, tx, batch)
+            for delivered in batch:
+                results.append(self._handle_in(tx, books, delivered))
+            books.write()
+        for delivered, result in zip(batch, results, strict=True):
+            if result.gap is not None:
+                log.warning("%s", result.gap.describe(self.name))
+            if result.late:
+                log.warning(
+                    "%s: %s (sequence %d of %s) arrived after a later event; handled",
+                    self.name,
+                    delivered.ce_id,
+                    delivered.sequence,
+                    delivered.partition_key,
+                )
+        return results
+
+    def _handle_in(self, tx: Tx, books: _Books, delivered: Delivered[Any]) -> Result:
+        if delivered.ce_id in books.handled:
+            books.counts[Outcome.DUPLICATE] += 1
+            return Result(Outcome.DUPLICATE)
+        key = delivered.partition_key
+        late = False
+        if delivered.sequence <= books.last.get(key, 0):
+            late = self._fills_gap(tx, key, delivered.sequence)
+            if not late:
+                books.counts[Outcome.STALE] += 1
+                return Result(Outcome.STALE)
+            books.counts["late_arrivals"] += 1
+        gap = books.track(delivered)
+        handlers = self._handlers.get(type(delivered.data), ())
+        for handler in handlers:
+            handler(delivered, tx)
+        outcome = Outcome.HANDLED if handlers else Outcome.NO_HANDLER
+        books.record(delivered, outcome)
         return Result(outcome, gap, late)
 
     def record_dead_letter(
@@ -165,46 +179,18 @@ class ConsumerApp:
                     _now(),
                 ),
             )
-            if delivered is not None:
-                self._serialise(tx, delivered.partition_key)
-                if not self._was_handled(tx, delivered.ce_id):
-                    last = self._last_sequence(tx, delivered.partition_key)
-                    if delivered.sequence > last:
-                        gap = self._track(tx, delivered, last)
-                    self._record(tx, delivered, Outcome.DEAD_LETTERED)
-            self._count(tx, Outcome.DEAD_LETTERED)
-            self._count(tx, f"dead_lettered.{reason}")
+            books = _Books(self, tx, [delivered] if delivered is not None else [])
+            if delivered is not None and delivered.ce_id not in books.handled:
+                gap = books.track(delivered)
+                books.record(delivered, Outcome.DEAD_LETTERED, count=False)
+            books.counts[Outcome.DEAD_LETTERED] += 1
+            books.counts[f"dead_lettered.{reason}"] += 1
+            books.write()
         if gap is not None:
             log.warning("%s", gap.describe(self.name))
         return gap
 
     # --- bookkeeping --------------------------------------------------------------------
-
-    def _serialise(self, tx: Tx, key: str) -> None:
-        # Two members of a group may hold one partition for a moment during a rebalance:
-        # on PostgreSQL one account's messages are handled one at a time (SQLite's write
-        # transaction holds the whole file already).
-        if tx.dialect == "postgres":
-            tx.execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended(?, 0))",
-                (f"secstate-consumer:{self.name}:{key}",),
-            )
-
-    def _was_handled(self, tx: Tx, ce_id: str) -> bool:
-        return (
-            tx.query_one(
-                "SELECT 1 FROM consumer_handled WHERE consumer = ? AND ce_id = ?",
-                (self.name, ce_id),
-            )
-            is not None
-        )
-
-    def _last_sequence(self, tx: Tx, key: str) -> int:
-        row = tx.query_one(
-            "SELECT last_sequence FROM consumer_sequences WHERE consumer = ? AND partition_key = ?",
-            (self.name, key),
-        )
-        return int(row[0]) if row else 0
 
     def _fills_gap(self, tx: Tx, key: str, sequence: int) -> bool:
         return (
@@ -214,75 +200,6 @@ class ConsumerApp:
                 (self.name, key, sequence, sequence),
             )
             is not None
-        )
-
-    def _track(self, tx: Tx, delivered: Delivered[Any], last: int) -> Gap | None:
-        """Move the key's sequence to this event's (if later); a gap if it skipped."""
-        if delivered.sequence <= last:
-            return None
-        gap = None
-        if delivered.sequence > last + 1:
-            gap = Gap(
-                partition_key=delivered.partition_key,
-                expected=last + 1,
-                got=delivered.sequence,
-                ce_id=delivered.ce_id,
-                topic=delivered.topic or "",
-                partition=delivered.partition if delivered.partition is not None else -1,
-                offset=delivered.offset if delivered.offset is not None else -1,
-                detected_at=_now(),
-            )
-            tx.execute(
-                "INSERT INTO consumer_gaps (consumer, partition_key, expected, got, ce_id, "
-                "topic, kafka_partition, kafka_offset, detected_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer, ce_id) DO NOTHING",
-                (
-                    self.name,
-                    gap.partition_key,
-                    gap.expected,
-                    gap.got,
-                    gap.ce_id,
-                    gap.topic,
-                    gap.partition,
-                    gap.offset,
-                    gap.detected_at,
-                ),
-            )
-            self._count(tx, "gaps")
-            self._count(tx, "missing", gap.missing)
-        tx.execute(
-            "INSERT INTO consumer_sequences (consumer, partition_key, last_sequence, last_ce_id) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (consumer, partition_key) DO UPDATE SET "
-            "last_sequence = excluded.last_sequence, last_ce_id = excluded.last_ce_id",
-            (self.name, delivered.partition_key, delivered.sequence, delivered.ce_id),
-        )
-        return gap
-
-    def _record(self, tx: Tx, delivered: Delivered[Any], outcome: Outcome) -> None:
-        tx.execute(
-            "INSERT INTO consumer_handled (consumer, ce_id, ce_type, partition_key, sequence, "
-            "outcome, topic, kafka_partition, kafka_offset, handled_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                self.name,
-                delivered.ce_id,
-                delivered.ce_type,
-                delivered.partition_key,
-                delivered.sequence,
-                outcome.value,
-                delivered.topic or "",
-                delivered.partition if delivered.partition is not None else -1,
-                delivered.offset if delivered.offset is not None else -1,
-                _now(),
-            ),
-        )
-
-    def _count(self, tx: Tx, name: str, by: int = 1) -> None:
-        tx.execute(
-            "INSERT INTO consumer_counters (consumer, name, value) VALUES (?, ?, ?) "
-            "ON CONFLICT (consumer, name) DO UPDATE SET "
-            "value = consumer_counters.value + excluded.value",
-            (self.name, str(name), by),
         )
 
     # --- reading ------------------------------------------------------------------------
@@ -362,6 +279,133 @@ class ConsumerApp:
         from consumers.runner import run
 
         return run(self, connection, topic, group_id, stop=stop, options=options)
+
+
+class _Books:
+    """The bookkeeping of one transaction: read once for the whole batch (which ce_ids
+    are handled, where each account's sequence stands), kept in memory while the handlers
+    run, written at the end (handled ids, sequences, counters) in a few statements."""
+
+    def __init__(self, app: ConsumerApp, tx: Tx, batch: Sequence[Delivered[Any]]) -> None:
+        self.name = app.name
+        self.tx = tx
+        self.counts: Counter[str] = Counter()
+        self.rows: list[tuple[Any, ...]] = []
+        self.moved: dict[str, tuple[int, str]] = {}
+        keys = sorted({d.partition_key for d in batch})
+        ids = sorted({d.ce_id for d in batch})
+        if not keys:
+            self.handled: set[str] = set()
+            self.last: dict[str, int] = {}
+            return
+        if tx.dialect == "postgres":
+            # Two members of a group may hold one partition for a moment during a
+            # rebalance: on PostgreSQL an account's messages are handled by one
+            # transaction at a time (locks taken in key order, so never a deadlock;
+            # SQLite's write transaction holds the whole file already).
+            tx.execute(
+                "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0))) "
+                "FROM unnest(?::text[]) AS t(k)",
+                ([f"secstate-consumer:{self.name}:{key}" for key in keys],),
+            )
+        marks = ", ".join("?" * len(ids))
+        self.handled = {
+            str(row[0])
+            for row in tx.query_all(
+                f"SELECT ce_id FROM consumer_handled WHERE consumer = ? AND ce_id IN ({marks})",  # noqa: S608 - placeholders only
+                (self.name, *ids),
+            )
+        }
+        marks = ", ".join("?" * len(keys))
+        self.last = {
+            str(row[0]): int(row[1])
+            for row in tx.query_all(
+                "SELECT partition_key, last_sequence FROM consumer_sequences "  # noqa: S608 - placeholders only
+                f"WHERE consumer = ? AND partition_key IN ({marks})",
+                (self.name, *keys),
+            )
+        }
+
+    def track(self, delivered: Delivered[Any]) -> Gap | None:
+        """Move the account's sequence on to this event's (if later); a gap (recorded at
+        once, so a late event of it is recognised in this transaction) if it skipped."""
+        key = delivered.partition_key
+        last = self.last.get(key, 0)
+        if delivered.sequence <= last:
+            return None
+        gap = None
+        if delivered.sequence > last + 1:
+            gap = Gap(
+                partition_key=key,
+                expected=last + 1,
+                got=delivered.sequence,
+                ce_id=delivered.ce_id,
+                topic=delivered.topic or "",
+                partition=delivered.partition if delivered.partition is not None else -1,
+                offset=delivered.offset if delivered.offset is not None else -1,
+                detected_at=_now(),
+            )
+            self.tx.execute(
+                "INSERT INTO consumer_gaps (consumer, partition_key, expected, got, ce_id, "
+                "topic, kafka_partition, kafka_offset, detected_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (consumer, ce_id) DO NOTHING",
+                (
+                    self.name,
+                    gap.partition_key,
+                    gap.expected,
+                    gap.got,
+                    gap.ce_id,
+                    gap.topic,
+                    gap.partition,
+                    gap.offset,
+                    gap.detected_at,
+                ),
+            )
+            self.counts["gaps"] += 1
+            self.counts["missing"] += gap.missing
+        self.last[key] = delivered.sequence
+        self.moved[key] = (delivered.sequence, delivered.ce_id)
+        return gap
+
+    def record(self, delivered: Delivered[Any], outcome: Outcome, *, count: bool = True) -> None:
+        self.handled.add(delivered.ce_id)
+        if count:
+            self.counts[outcome] += 1
+        self.rows.append(
+            (
+                self.name,
+                delivered.ce_id,
+                delivered.ce_type,
+                delivered.partition_key,
+                delivered.sequence,
+                outcome.value,
+                delivered.topic or "",
+                delivered.partition if delivered.partition is not None else -1,
+                delivered.offset if delivered.offset is not None else -1,
+                _now(),
+            )
+        )
+
+    def write(self) -> None:
+        tx = self.tx
+        tx.executemany(
+            "INSERT INTO consumer_handled (consumer, ce_id, ce_type, partition_key, sequence, "
+            "outcome, topic, kafka_partition, kafka_offset, handled_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self.rows,
+        )
+        tx.executemany(
+            "INSERT INTO consumer_sequences (consumer, partition_key, last_sequence, last_ce_id) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (consumer, partition_key) DO UPDATE SET "
+            "last_sequence = excluded.last_sequence, last_ce_id = excluded.last_ce_id",
+            [(self.name, key, seq, ce_id) for key, (seq, ce_id) in sorted(self.moved.items())],
+        )
+        tx.executemany(
+            "INSERT INTO consumer_counters (consumer, name, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (consumer, name) DO UPDATE SET "
+            "value = consumer_counters.value + excluded.value",
+            [(self.name, str(name), by) for name, by in sorted(self.counts.items()) if by],
+        )
 
 
 __all__ = ["ConsumerApp", "ConsumerStatus", "DeadLetter", "Gap", "Handler", "Outcome", "Result"]

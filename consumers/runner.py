@@ -21,10 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from consumers.delivery import HANDLER_FAILED, Delivered, Rejected, decode
 from consumers.kafka import (
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from kafka.consumer.fetcher import ConsumerRecord
 
 log = logging.getLogger("consumers")
+T = TypeVar("T")
+Headers = list[tuple[str, bytes]]
 
 # Headers added to a dead-lettered message.
 DLQ_REASON = "dlq_reason"
@@ -79,6 +81,7 @@ class RunOptions:
     max_backoff_s: float = 5.0
     poll_timeout_ms: int = 200
     max_poll_records: int = 500
+    transaction_size: int = 200  # messages handled in one store transaction, at most
     auto_offset_reset: str = "earliest"  # where a new group starts
     consumer_config: Mapping[str, Any] = field(default_factory=dict)
     # called after each message's transaction committed, before its offset is (tests)
@@ -110,6 +113,8 @@ class App(Protocol):
     def setup(self) -> None: ...
 
     def handle(self, delivered: Delivered[Any]) -> Result: ...
+
+    def handle_batch(self, batch: Sequence[Delivered[Any]]) -> list[Result]: ...
 
     def record_dead_letter(
         self,
@@ -190,12 +195,15 @@ class _Loop:
             )
             while not self.stop.is_set():
                 batch = self.consumer.poll(timeout_ms=self.options.poll_timeout_ms)
+                polled = [(tp, record) for tp, records in batch.items() for record in records]
+                size = max(1, self.options.transaction_size)
                 try:
-                    for tp, records in batch.items():
-                        for record in records:
-                            if self.stop.is_set():
-                                raise _Stopped
-                            self._process(record)
+                    for start in range(0, len(polled), size):
+                        if self.stop.is_set():
+                            raise _Stopped
+                        chunk = polled[start : start + size]
+                        self._process(chunk)
+                        for tp, record in chunk:
                             self.pending[tp] = record.offset + 1
                 except _Stopped:
                     self.summary.abandoned += 1
@@ -265,37 +273,88 @@ class _Loop:
 
     # --- one record ---------------------------------------------------------------------
 
-    def _process(self, record: ConsumerRecord) -> None:
-        self.summary.messages += 1
-        headers = [(str(k), bytes(v) if v is not None else b"") for k, v in record.headers or []]
-        decoded = decode(
-            headers,
-            record.value,
-            record.key,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-        )
-        if isinstance(decoded, Rejected):
-            self._dead_letter(record, headers, decoded.reason, decoded.detail, 0, rejected=decoded)
+    def _process(self, chunk: list[tuple[Any, ConsumerRecord]]) -> None:
+        """Records in one transaction; those that cannot be read are dead-lettered. If a
+        handler fails the transaction, the records are handled again one at a time, so
+        only the failing one is retried and dead-lettered."""
+        read: list[tuple[ConsumerRecord, Headers, Delivered[Any]]] = []
+        for _, record in chunk:
+            self.summary.messages += 1
+            headers = [
+                (str(k), bytes(v) if v is not None else b"") for k, v in record.headers or []
+            ]
+            decoded = decode(
+                headers,
+                record.value,
+                record.key,
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+            )
+            if isinstance(decoded, Rejected):
+                self._dead_letter(
+                    record, headers, decoded.reason, decoded.detail, 0, rejected=decoded
+                )
+            else:
+                read.append((record, headers, decoded))
+        if not read:
             return
-        attempts = 0
-        transient_logged = False
+        if len(read) > 1:
+            try:
+                results = self._with_store(lambda: self.app.handle_batch([d for _, _, d in read]))
+            except _Stopped:
+                raise
+            except Exception as e:
+                log.warning(
+                    "%s: a batch of %d failed (%s: %s); handling them one at a time",
+                    self.app.name,
+                    len(read),
+                    type(e).__name__,
+                    e,
+                )
+            else:
+                for (_, _, delivered), result in zip(read, results, strict=True):
+                    self._done(delivered, result)
+                return
+        for record, headers, delivered in read:
+            self._handle_one(record, headers, delivered)
+
+    def _with_store(self, call: Callable[[], T]) -> T:
+        """``call()``, again and again while the store is briefly unavailable."""
+        logged = False
         while True:
             try:
-                result = self.app.handle(decoded)
+                return call()
             except Exception as e:
-                if self.app.store.is_transient(e):
-                    if not transient_logged:
-                        log.warning("%s: the store is unavailable, retrying: %s", self.app.name, e)
-                        transient_logged = True
-                    self._pause(self.options.max_backoff_s)
-                    continue
+                if not self.app.store.is_transient(e):
+                    raise
+                if not logged:
+                    log.warning("%s: the store is unavailable, retrying: %s", self.app.name, e)
+                    logged = True
+                self._pause(self.options.max_backoff_s)
+
+    def _done(self, delivered: Delivered[Any], result: Result) -> None:
+        self.summary.outcomes[result.outcome.value] += 1
+        if result.gap is not None:
+            self.summary.gaps += 1
+        if self.options.after_transaction is not None:
+            self.options.after_transaction(delivered, result)
+
+    def _handle_one(
+        self, record: ConsumerRecord, headers: Headers, delivered: Delivered[Any]
+    ) -> None:
+        attempts = 0
+        while True:
+            try:
+                result = self._with_store(lambda: self.app.handle(delivered))
+            except _Stopped:
+                raise
+            except Exception as e:
                 attempts += 1
                 log.warning(
                     "%s: handling %s failed (attempt %d of %d): %s: %s",
                     self.app.name,
-                    decoded.ce_id,
+                    delivered.ce_id,
                     attempts,
                     self.options.max_attempts,
                     type(e).__name__,
@@ -308,17 +367,13 @@ class _Loop:
                         HANDLER_FAILED,
                         f"{type(e).__name__}: {e}",
                         attempts,
-                        delivered=decoded,
+                        delivered=delivered,
                     )
                     return
                 delay = self.options.backoff_s * 2 ** (attempts - 1)
                 self._pause(min(delay, self.options.max_backoff_s))
                 continue
-            self.summary.outcomes[result.outcome.value] += 1
-            if result.gap is not None:
-                self.summary.gaps += 1
-            if self.options.after_transaction is not None:
-                self.options.after_transaction(decoded, result)
+            self._done(delivered, result)
             return
 
     def _pause(self, seconds: float) -> None:
@@ -358,23 +413,18 @@ class _Loop:
             except DeadLetterError as e:
                 log.warning("%s: %s; retrying", self.app.name, e)
                 self._pause(self.options.max_backoff_s)
-        while True:
-            try:
-                self.app.record_dead_letter(
-                    topic=record.topic,
-                    partition=record.partition,
-                    offset=record.offset,
-                    reason=reason,
-                    detail=detail,
-                    dead_letter_topic=self.dead_letter_topic,
-                    delivered=delivered,
-                    rejected=rejected,
-                )
-                break
-            except Exception as e:
-                if not self.app.store.is_transient(e):
-                    raise
-                self._pause(self.options.max_backoff_s)
+        self._with_store(
+            lambda: self.app.record_dead_letter(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                reason=reason,
+                detail=detail,
+                dead_letter_topic=self.dead_letter_topic,
+                delivered=delivered,
+                rejected=rejected,
+            )
+        )
         self.summary.dead_lettered += 1
         self.summary.outcomes[Outcome.DEAD_LETTERED.value] += 1
         log.warning(

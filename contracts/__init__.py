@@ -5,7 +5,8 @@
 * ``contracts.envelope``: ``SecurityEvent[Model]``, the whole message value;
 * ``contracts.cloudevents``: the CloudEvents 1.0 headers (Kafka binary mode) and
   ``CloudEventAttributes``, which reads them;
-* ``contracts.registry``: models by type, and ``parse_value`` with named errors;
+* ``contracts.registry``: models by type; ``parse_value`` and ``parse_message`` (a
+  consumer's), ``validate_value`` (the relay's), with named errors;
 * ``contracts.schemas``: the JSON Schemas and AsyncAPI document of ``docs/``
   (``python -m contracts.schemas``).
 
@@ -17,13 +18,17 @@ from contracts.envelope import SecurityEvent
 from contracts.payloads import MODELS, EventData
 from contracts.registry import (
     ContractError,
+    HeadersMismatch,
+    Message,
     PayloadInvalid,
     UnknownEventType,
     UnknownVersion,
     envelope_for,
     model_for_ce_type,
     model_for_event_type,
+    parse_message,
     parse_value,
+    validate_value,
 )
 
 __all__ = [
@@ -32,6 +37,8 @@ __all__ = [
     "ContractError",
     "EventData",
     "HeaderError",
+    "HeadersMismatch",
+    "Message",
     "PayloadInvalid",
     "SecurityEvent",
     "UnknownEventType",
@@ -39,5 +46,7 @@ __all__ = [
     "envelope_for",
     "model_for_ce_type",
     "model_for_event_type",
+    "parse_message",
     "parse_value",
+    "validate_value",
 ]

@@ -41,6 +41,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -160,21 +161,21 @@ class CloudEventAttributes(BaseModel):
     recordedtime: AwareDatetime
     partitionkey: UUID
 
-    @model_validator(mode="before")
+    @field_validator(LOGPOSITION, ACCOUNTSEQ, mode="before")
     @classmethod
-    def _decimal_text_only(cls, data: Any) -> Any:
+    def _decimal_text_only(cls, value: Any) -> Any:
         # "+5", " 5", "5_000" and "05" are ints to Python but not decimal text
-        if isinstance(data, dict):
-            for name in (LOGPOSITION, ACCOUNTSEQ):
-                value = data.get(name)
-                if isinstance(value, str) and not _DECIMAL.match(value):
-                    raise ValueError(f"{name} must be decimal digits, got {value[:40]!r}")
-        return data
+        if isinstance(value, str) and not _DECIMAL.match(value):
+            raise ValueError(f"must be decimal digits, got {value[:40]!r}")
+        return value
 
     @model_validator(mode="after")
     def _subject_is_the_ids(self) -> Self:
-        if self.subject.rpartition("/")[2] != self.id.partition(":")[0]:
+        family, _, aggregate = self.subject.partition("/")
+        if aggregate != self.id.partition(":")[0]:
             raise ValueError("subject and id name different aggregates")
+        if self.type.split(".")[2] != family:
+            raise ValueError(f"subject is of family {family!r}, the type {self.type!r} is not")
         return self
 
     @property

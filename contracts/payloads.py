@@ -20,12 +20,12 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict
 
 CE_TYPE_PREFIX = "io.secstate."
 
 # Integers and flags are exactly that on the wire: "5" is not 5, 1 is not true.
-Int = Annotated[int, Strict()]
+Count = Annotated[int, Strict(), Field(ge=0)]
 Bool = Annotated[bool, Strict()]
 
 AccountKind = Literal["customer", "staff"]
@@ -159,7 +159,7 @@ class ControlPanelAccessAllowed(EventData):
     VERSION: ClassVar[int] = 1
 
     ip: str
-    entry_id: str | None
+    entry_id: str | None = Field(description="The entry that admitted it; null: no allowlist")
 
 
 class ControlPanelAccessDenied(EventData):
@@ -177,10 +177,10 @@ class ApiKeyCreated(EventData):
     EVENT_TYPE: ClassVar[str] = "Account.ApiKeyCreated"
     VERSION: ClassVar[int] = 1
 
-    key_id: str
+    key_id: str = Field(description="The key's public id (the part after sst_)")
     name: str
     scopes: list[str]
-    display: str
+    display: str = Field(description="The key's display form, sst_<key id>_...")
 
 
 class ApiKeyRevoked(EventData):
@@ -202,8 +202,8 @@ class DkimKeyGenerated(EventData):
     domain: str
     selector: str
     algorithm: DkimAlgorithm
-    public_key: str
-    campaign_id: str | None
+    public_key: str = Field(description="The DNS p= value")
+    campaign_id: str | None = Field(description="The rotation campaign that made it, if any")
 
 
 class DkimKeyPublished(EventData):
@@ -280,7 +280,7 @@ class PasswordResetRequired(EventData):
     VERSION: ClassVar[int] = 1
 
     reason: str
-    campaign_id: str | None
+    campaign_id: str | None = Field(description="The reset campaign that required it, if any")
 
 
 class PasswordResetCompleted(EventData):
@@ -299,8 +299,8 @@ class LoginSucceeded(EventData):
     VERSION: ClassVar[int] = 1
 
     method: LoginMethod
-    factor_id: str | None
-    totp_step: Int | None
+    factor_id: str | None = Field(description="The TOTP factor used, if one was")
+    totp_step: Count | None = Field(description="The TOTP time step of the code, if one was")
 
 
 class LoginFailed(EventData):
@@ -310,7 +310,7 @@ class LoginFailed(EventData):
     VERSION: ClassVar[int] = 1
 
     reason: CheckRefusal
-    counts_toward_lockout: Bool
+    counts_toward_lockout: Bool = Field(description="A guess at a secret: counts toward lockout")
 
 
 class PasswordChangeFailed(EventData):
@@ -320,7 +320,7 @@ class PasswordChangeFailed(EventData):
     VERSION: ClassVar[int] = 1
 
     reason: CheckRefusal
-    counts_toward_lockout: Bool
+    counts_toward_lockout: Bool = Field(description="A guess at a secret: counts toward lockout")
 
 
 class TotpConfirmationFailed(EventData):
@@ -331,7 +331,7 @@ class TotpConfirmationFailed(EventData):
 
     factor_id: str
     reason: TotpConfirmationRefusal
-    counts_toward_lockout: Bool
+    counts_toward_lockout: Bool = Field(description="A guess at a secret: counts toward lockout")
 
 
 class UserLocked(EventData):
@@ -340,7 +340,7 @@ class UserLocked(EventData):
     EVENT_TYPE: ClassVar[str] = "User.UserLocked"
     VERSION: ClassVar[int] = 1
 
-    failed_logins: Int
+    failed_logins: Count = Field(description="Failed guesses that reached the threshold")
 
 
 class UserUnlocked(EventData):
@@ -383,7 +383,7 @@ class TotpEnrolmentConfirmed(EventData):
     VERSION: ClassVar[int] = 1
 
     factor_id: str
-    totp_step: Int
+    totp_step: Count = Field(description="The TOTP time step of the confirming code")
 
 
 class SecondFactorRemoved(EventData):
@@ -403,7 +403,7 @@ class RecoveryCodesGenerated(EventData):
     EVENT_TYPE: ClassVar[str] = "User.RecoveryCodesGenerated"
     VERSION: ClassVar[int] = 1
 
-    code_count: Int
+    code_count: Count = Field(description="How many codes were generated")
 
 
 class RecoveryCodeUsed(EventData):
@@ -412,7 +412,7 @@ class RecoveryCodeUsed(EventData):
     EVENT_TYPE: ClassVar[str] = "User.RecoveryCodeUsed"
     VERSION: ClassVar[int] = 1
 
-    index: Int
+    index: Count = Field(description="Which code of the generated set, from 0")
 
 
 class InternalSystemAccessed(EventData):
@@ -424,8 +424,8 @@ class InternalSystemAccessed(EventData):
     system: str
     resource: str
     action: StaffAction
-    records: Int
-    customer_accounts: list[str]
+    records: Count = Field(description="How many records it touched")
+    customer_accounts: list[str] = Field(description="Names of the customer accounts touched")
 
 
 # --- ApiKeyIndex: one API key's lookup entry and record of use ----------------------------
@@ -481,7 +481,7 @@ class UnknownApiKeyRefused(EventData):
     EVENT_TYPE: ClassVar[str] = "CredentialAttempt.UnknownApiKeyRefused"
     VERSION: ClassVar[int] = 1
 
-    key_id: str | None
+    key_id: str | None = Field(description="The key id presented, when the key was well-formed")
     reason: UnknownApiKeyReason
 
 

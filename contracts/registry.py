@@ -1,21 +1,26 @@
-"""Every payload model by CloudEvents type and by type name, and parsing a message value.
+"""Every payload model by CloudEvents type and by type name; reading and checking values.
+
+``validate_value`` checks a value about to be published (the relay's side);
+``parse_message`` reads a consumed message whole, headers and value (a consumer's).
 
 A consumer reads ``ce_type`` from the headers and hands it with the value to
 ``parse_value``; what cannot be parsed is one of three named errors, each with a short
 ``reason`` for a dead-letter header: ``unknown_event_type`` (not a type secstate
 publishes), ``unknown_version`` (a known event type in a payload version this release
 does not know, e.g. newer than the consumer) and ``payload_invalid`` (not a valid value
-of its model; pydantic's message says where).
+of its model; pydantic's message says where); ``parse_message`` adds ``HeaderError``
+(``headers_invalid``) and ``HeadersMismatch`` (``headers_mismatch``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from contracts.cloudevents import CloudEventAttributes, event_id, partition_key, subject_for
 from contracts.envelope import SecurityEvent
 from contracts.payloads import CE_TYPE_PREFIX, MODELS, EventData
 
@@ -67,6 +72,12 @@ class PayloadInvalid(ContractError):
         self.errors = errors or []
 
 
+class HeadersMismatch(ContractError):
+    """The headers and the value of a message describe different events."""
+
+    reason = "headers_mismatch"
+
+
 def model_for_ce_type(ce_type: str) -> type[EventData] | None:
     """The payload model of ``io.secstate.user.password_changed.v1``, if it is one."""
     return _BY_CE_TYPE.get(ce_type)
@@ -106,9 +117,68 @@ def parse_value(ce_type: str, value: bytes | str) -> SecurityEvent[Any]:
     try:
         return _ENVELOPES[model].model_validate_json(value)
     except ValidationError as e:
-        raise PayloadInvalid(
-            f"{ce_type}: {e}", [dict(err) for err in e.errors(include_url=False)]
-        ) from None
+        errors = e.errors(include_url=False, include_input=False)
+        raise PayloadInvalid(f"{ce_type}: {describe(errors)}", [dict(x) for x in errors]) from None
+
+
+def validate_value(value: Mapping[str, Any]) -> SecurityEvent[Any]:
+    """A value as ``domain.public.public_payload`` gives it (plus ``account_id``), checked
+    against the newest model of its ``type``: what the relay publishes."""
+    name = value.get("type")
+    model = model_for_event_type(name) if isinstance(name, str) else None
+    if model is None:
+        raise UnknownEventType(f"unknown event type {str(name)[:120]!r}")
+    try:
+        return _ENVELOPES[model].model_validate(value)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False)
+        raise PayloadInvalid(f"{name}: {describe(errors)}", [dict(x) for x in errors]) from None
+
+
+class Message(NamedTuple):
+    """A message read whole: its CloudEvents attributes and its event."""
+
+    attributes: CloudEventAttributes
+    event: SecurityEvent[Any]
+
+
+def parse_message(headers: Iterable[tuple[str, bytes | None]], value: bytes | str) -> Message:
+    """A message's headers and value, each validated, and checked to describe one event.
+
+    HeaderError for the headers, then UnknownEventType, UnknownVersion or PayloadInvalid
+    for the value, then HeadersMismatch if ``ce_id``, ``ce_subject``, ``ce_time``,
+    ``ce_recordedtime`` or ``ce_partitionkey`` disagree with it.
+    """
+    attributes = CloudEventAttributes.from_headers(headers)
+    event = parse_value(attributes.type, value)
+    expected = {
+        "ce_id": event_id(event.aggregate_id, event.version),
+        "ce_subject": subject_for(event.type, event.aggregate_id),
+        "ce_partitionkey": partition_key(event.account_id, event.aggregate_id),
+    }
+    actual = {
+        "ce_id": attributes.id,
+        "ce_subject": attributes.subject,
+        "ce_partitionkey": str(attributes.partitionkey),
+    }
+    wrong = [name for name in expected if expected[name] != actual[name]]
+    if attributes.time != event.occurred_at:
+        wrong.append("ce_time")
+    if attributes.recordedtime != event.recorded_at:
+        wrong.append("ce_recordedtime")
+    if wrong:
+        raise HeadersMismatch(f"{', '.join(wrong)} disagree(s) with the message value")
+    return Message(attributes, event)
+
+
+def describe(errors: list[Any], limit: int = 5) -> str:
+    """Pydantic's errors on one line: ``data.records: Input should be a valid integer``."""
+    parts = [
+        f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}" for err in errors[:limit]
+    ]
+    if len(errors) > limit:
+        parts.append(f"and {len(errors) - limit} more")
+    return "; ".join(parts)
 
 
 __all__ = [
@@ -116,12 +186,16 @@ __all__ = [
     "MODELS_BY_CE_TYPE",
     "MODELS_BY_EVENT_TYPE",
     "ContractError",
+    "HeadersMismatch",
+    "Message",
     "PayloadInvalid",
     "UnknownEventType",
     "UnknownVersion",
     "envelope_for",
     "model_for_ce_type",
     "model_for_event_type",
+    "parse_message",
     "parse_value",
     "resolve",
+    "validate_value",
 ]

@@ -9,7 +9,7 @@ machines the tests run on. Two kinds:
   broker can be stopped (SIGTERM or SIGKILL) and started again on the same port with its
   topics, records and committed group offsets intact.
 
-Tansu differs from Apache Kafka in ways tests must not build on (see docs/testing.md):
+Tansu differs from Apache Kafka in ways tests must not build on (README, "The Kafka test broker"):
 end offsets are wrong (read a fresh topic from ``earliest`` and count records instead),
 ``read_committed`` does not hide aborted transactions, ``create_partitions`` fails, and a
 group join takes about half the session timeout (use ``FAST_GROUP_JOIN``).

@@ -221,7 +221,6 @@ class KafkaBroker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._env(),
-                start_new_session=True,  # a Ctrl-C of the test run is not sent to it
             )
         try:
             self._wait_ready(started)
@@ -402,7 +401,6 @@ class MotoS3:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         deadline = started + MOTO_READY_TIMEOUT_S
         while not _accepts(self.port):

@@ -157,9 +157,17 @@ class KafkaBroker:
         self.last_start_s: float | None = None
         self.last_stop_s: float | None = None
 
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.bootstrap} {self.storage_url} {state}>"
+
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the broker's log (every start appends to it), for failure messages."""
+        return _tail(self.log_path, lines)
 
     @property
     def running(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from domain.catalogue import event_type_name
@@ -160,6 +161,14 @@ class Follower:
                     waker.wait(seen, poll_interval)
                 else:
                     stopping.wait(poll_interval)
+
+
+@dataclass
+class OpenedFollower:
+    """A follower ready to run, and how to release what it holds (its connections)."""
+
+    follower: Follower
+    close: Callable[[], None]
 
 
 def view_follower(reader: Any, view: View, db: ViewDB, batch_size: int = 2000) -> Follower:

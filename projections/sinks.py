@@ -316,8 +316,13 @@ class TrackedSink(AcknowledgedSink):
 
     def save_position(self, position: int) -> None:
         with self.db.transaction() as tx:
-            ViewSink.save_position(tx, self.name, position)
-            tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.name,))  # noqa: S608 - constant table names
+            self.save_position_in(tx, position)
+
+    def save_position_in(self, tx: Tx, position: int) -> None:
+        """Keep ``position`` (and clear the last error) in ``tx``: a subclass saves what
+        else the batch changed in the same transaction."""
+        ViewSink.save_position(tx, self.name, position)
+        tx.execute(f"DELETE FROM {ERRORS_TABLE} WHERE view_name=?", (self.name,))  # noqa: S608 - constant table names
 
     def record_error(self, position: int, event_type: str | None, message: str) -> None:
         write_error(self.db, self.name, position, event_type, message)

@@ -10,25 +10,17 @@ from a ``LedgerReader``: no follower holds the application keys.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
 from domain.reader import LedgerReader
-from projections.follower import Follower, view_follower
+from projections.follower import OpenedFollower, view_follower
 from projections.registry import make_view, pick_names, view_names
 from projections.status import FollowerStatus, ViewError, read_last_error, read_position
 from secstate.bootstrap import open_view_db
+from secstate.relaying import RelayFollowerKind
 from secstate.settings import Settings
-
-
-@dataclass
-class OpenedFollower:
-    """A follower ready to run, and how to release what it holds (its connections)."""
-
-    follower: Follower
-    close: Callable[[], None]
 
 
 class FollowerKind(Protocol):
@@ -69,7 +61,10 @@ class ViewFollowerKind:
             db.close()
 
 
-_OTHERS: dict[str, FollowerKind] = {}  # followers that are not views, by name
+# Followers that are not views, by name; the Kafka relay runs only when asked for (it
+# needs a broker, and runs as its own process: ``secstate relay run``).
+_OTHERS: dict[str, FollowerKind] = {"relay": RelayFollowerKind()}
+_NOT_BY_DEFAULT: set[str] = {"relay"}
 
 
 def _followers() -> dict[str, FollowerKind]:
@@ -77,19 +72,31 @@ def _followers() -> dict[str, FollowerKind]:
     return {**{name: ViewFollowerKind(name) for name in view_names()}, **_OTHERS}
 
 
-def register(kind: FollowerKind) -> None:
-    """Make ``kind`` known to the runner and to ``project status`` by its name."""
+def register(kind: FollowerKind, *, by_default: bool = True) -> None:
+    """Make ``kind`` known to the runner and to ``project status`` by its name; with
+    ``by_default``, ``project run`` without names runs it too."""
     if kind.name in _followers():
         raise ValueError(f"a follower named {kind.name!r} is registered already")
     _OTHERS[kind.name] = kind
+    if not by_default:
+        _NOT_BY_DEFAULT.add(kind.name)
 
 
 def follower_names() -> list[str]:
+    """Every registered follower's name."""
     return sorted(_followers())
 
 
+def default_follower_names() -> list[str]:
+    """The followers ``project run`` runs when given no names."""
+    return [name for name in follower_names() if name not in _NOT_BY_DEFAULT]
+
+
 def check_follower_names(names: list[str]) -> list[str]:
-    """The names asked for, in order without repeats; every registered one if none."""
+    """The names asked for, in order without repeats (each must be registered); the
+    default followers if none."""
+    if not names:
+        return default_follower_names()
     return pick_names(names, follower_names())
 
 
@@ -133,3 +140,17 @@ def follower_report(settings: Settings, reader: LedgerReader, name: str) -> Foll
     else:
         state = "caught up" if status.lag == 0 else "behind"
     return FollowerReport(name, status.position, head, status.lag, state, error)
+
+
+__all__ = [
+    "FollowerKind",
+    "FollowerReport",
+    "OpenedFollower",
+    "ViewFollowerKind",
+    "check_follower_names",
+    "default_follower_names",
+    "follower_names",
+    "follower_report",
+    "open_follower",
+    "register",
+]

@@ -50,6 +50,8 @@ class FollowerRun:
     error: str | None = None
     failed_position: int | None = None
     failed_event_type: str | None = None
+    trouble: str | None = None  # what it is retrying after, while it retries
+    backoff: float = 1.0
     _last_log: float = field(default=0.0, repr=False)
 
     @property
@@ -161,13 +163,12 @@ class Runner:
 
     def _follow(self, run: FollowerRun, once: bool, progress: RunProgress | None) -> None:
         report = self._progress_for(run, progress)
-        backoff = 1.0
         while not self.stopping.is_set():
             try:
                 if once:
                     run.follower.catch_up(progress=report, stopping=self.stopping)
                 else:
-                    self._follow_forever(run.follower, report)
+                    self._follow_forever(run, report)
                 run.position = run.follower.position()
                 return
             except ProjectionError as e:
@@ -181,11 +182,18 @@ class Runner:
                 if once:
                     self._failed(run, e)
                     return
-                log.warning(
-                    "view %s: %s; retrying in %.0fs", run.name, message, backoff, exc_info=True
-                )
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, RETRY_MAX_SECONDS)
+                if message != run.trouble:  # one line per change of state, not per retry
+                    run.trouble = message
+                    log.warning(
+                        "%s: %s; retrying with backoff up to %.0fs, keeping position %d",
+                        run.name,
+                        message,
+                        RETRY_MAX_SECONDS,
+                        self._safe_position(run.follower, run.position),
+                        exc_info=log.isEnabledFor(logging.DEBUG),
+                    )
+                self.stopping.wait(run.backoff)
+                run.backoff = min(run.backoff * 2, RETRY_MAX_SECONDS)
                 self._reopen(run)
         run.position = self._safe_position(run.follower, run.position)
 
@@ -202,17 +210,30 @@ class Runner:
         except Exception as e:
             log.debug("view %s: closing the old connection: %s", run.name, e)
 
-    def _follow_forever(self, follower: Follower, report: ProgressFn) -> None:
+    def _follow_forever(self, run: FollowerRun, report: ProgressFn) -> None:
         """``Follower.run_forever`` with progress reported as it goes."""
+        follower = run.follower
         while not self.stopping.is_set():
             seen = self.waker.generation()
             applied = follower.catch_up(progress=report, stopping=self.stopping)
+            self._recovered(run)
             if applied == 0 and not self.stopping.is_set():
                 self.waker.wait(seen, self.poll_interval)
+
+    @staticmethod
+    def _recovered(run: FollowerRun) -> None:
+        """After a batch went through: say once that the trouble is over."""
+        if run.trouble is not None:
+            log.warning(
+                "%s: recovered from %s; at position %d", run.name, run.trouble, run.position
+            )
+            run.trouble = None
+            run.backoff = 1.0
 
     def _progress_for(self, run: FollowerRun, progress: RunProgress | None) -> ProgressFn:
         def report(position: int, target: int) -> None:
             run.position = position
+            self._recovered(run)
             now = time.monotonic()
             if position >= target or now - run._last_log >= LOG_EVERY_SECONDS:
                 run._last_log = now

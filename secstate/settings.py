@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.errors import SecStateError
@@ -59,6 +60,50 @@ class Settings(BaseSettings):
     )
     sqlite_lock_timeout: int = Field(default=10, ge=1)
 
+    # --- Kafka: the relay publishes there, consumers read there --------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, description="host:port[,host:port...] of the Kafka brokers; unset = no Kafka"
+    )
+    kafka_client_id: str = Field(default="secstate", pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    events_topic: str = Field(
+        default="secstate.security-events",
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="the topic every security event is published to",
+    )
+    events_topic_partitions: int = Field(default=6, ge=1, le=10000)
+    events_topic_replication: int = Field(default=1, ge=1, le=16)
+    events_source: str = Field(
+        default="urn:secstate:ledger",
+        pattern=r"^[\x21-\x7e]{1,200}$",
+        description="the CloudEvents source (a URI-reference) of every published event",
+    )
+    relay_linger_ms: int = Field(default=5, ge=0, le=10_000)
+    relay_batch_bytes: int = Field(default=256 * 1024, ge=1024, le=64 * 1024 * 1024)
+    relay_delivery_timeout_ms: int = Field(default=30_000, ge=1_000, le=3_600_000)
+
+    # --- consumers: downstream services that read the events topic -----------------------
+    consumer_database_url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://...[?schema=NAME] for the consumers' own databases "
+        "(one schema each); unset = a SQLite file per consumer in home/consumers",
+    )
+    consumer_group_prefix: str = Field(
+        default="secstate",
+        pattern=r"^[A-Za-z0-9._-]{1,100}$",
+        description="consumer group ids are PREFIX.NAME",
+    )
+    dead_letter_topic: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="where messages no handler can take go; unset = EVENTS_TOPIC.dlq",
+    )
+    consumer_max_attempts: int = Field(default=3, ge=1, le=100)
+
     @field_validator("database_url")
     @classmethod
     def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
@@ -80,6 +125,25 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("consumer_database_url")
+    @classmethod
+    def _consumer_postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        return cls._postgres_only(value)
+
+    @model_validator(mode="after")
+    def _relay_timeouts(self) -> Settings:
+        if self.relay_delivery_timeout_ms < self.relay_linger_ms + 1000:
+            raise ValueError(
+                "relay_delivery_timeout_ms must be at least relay_linger_ms + 1000 "
+                "(a request needs time of its own after the linger)"
+            )
+        return self
+
+    @property
+    def dead_letters(self) -> str:
+        """The dead-letter topic's name."""
+        return self.dead_letter_topic or f"{self.events_topic}.dlq"
+
     @field_validator("api_key_prefix")
     @classmethod
     def _key_prefix(cls, value: str) -> str:
@@ -93,6 +157,29 @@ class Settings(BaseSettings):
         if not 1 <= len(value) <= 64 or not re.fullmatch(r"[^\x00-\x1f\x7f:]+", value):
             raise ValueError("totp_issuer must be 1-64 printable characters, without ':'")
         return value
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _brokers(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(
+                    f"kafka_bootstrap_servers must be host:port[,host:port...]; "
+                    f"{server.strip()[:80]!r} is not"
+                )
+        return value
+
+    def kafka_servers(self) -> tuple[str, ...]:
+        """The bootstrap servers; SettingsError if Kafka is not configured."""
+        if self.kafka_bootstrap_servers is None:
+            raise SettingsError(
+                "no SECSTATE_KAFKA_BOOTSTRAP_SERVERS is set: say where the Kafka brokers are "
+                "(host:port[,host:port...])"
+            )
+        return tuple(s.strip() for s in self.kafka_bootstrap_servers.split(","))
 
     @property
     def uses_postgres(self) -> bool:

@@ -139,7 +139,7 @@ _KAFKA_PROBLEM: str | None = None  # why a durable broker could not start, once 
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     """A memory broker for the whole session (one per xdist worker, each on its own port).
     Tests share it, so each makes its own topic: ``kafka_broker.create_topic(partitions)``.
-    Nothing survives its stop: for restarts use ``durable_kafka_broker``."""
+    Tests must not stop it (nothing would survive): ``durable_kafka_broker`` is for that."""
     from kafka_broker import BrokerUnavailable, start_memory_broker
 
     try:

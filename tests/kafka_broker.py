@@ -9,7 +9,7 @@ machines the tests run on. Two kinds:
   broker can be stopped (SIGTERM or SIGKILL) and started again on the same port with its
   topics, records and committed group offsets intact.
 
-Tansu differs from Apache Kafka in ways tests must not build on (see docs/testing.md):
+Tansu differs from Apache Kafka in ways tests must not build on (README, "The Kafka test broker"):
 end offsets are wrong (read a fresh topic from ``earliest`` and count records instead),
 ``read_committed`` does not hide aborted transactions, ``create_partitions`` fails, and a
 group join takes about half the session timeout (use ``FAST_GROUP_JOIN``).
@@ -157,9 +157,17 @@ class KafkaBroker:
         self.last_start_s: float | None = None
         self.last_stop_s: float | None = None
 
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<{type(self).__name__} {self.bootstrap} {self.storage_url} {state}>"
+
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The end of the broker's log (every start appends to it), for failure messages."""
+        return _tail(self.log_path, lines)
 
     @property
     def running(self) -> bool:
@@ -221,7 +229,6 @@ class KafkaBroker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self._env(),
-                start_new_session=True,  # a Ctrl-C of the test run is not sent to it
             )
         try:
             self._wait_ready(started)
@@ -402,7 +409,6 @@ class MotoS3:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         deadline = started + MOTO_READY_TIMEOUT_S
         while not _accepts(self.port):

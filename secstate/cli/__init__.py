@@ -61,6 +61,7 @@ def _register_groups() -> None:
         "state_commands",
         "timeline_commands",
         "projection_commands",
+        "relay_commands",
         "key_commands",
         "store_commands",
     ):

@@ -140,7 +140,9 @@ def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
 def project_run(
     names: Annotated[
         list[str] | None,
-        typer.Argument(help="Followers to run (default: all): " + ", ".join(follower_names())),
+        typer.Argument(
+            help="Followers to run (default: every view): " + ", ".join(follower_names())
+        ),
     ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Catch up to the current head, then exit.")
@@ -233,11 +235,13 @@ def _status_json(status: FollowerReport) -> dict[str, object]:
 
 @project_app.command("status")
 def project_status(
-    names: Annotated[list[str] | None, typer.Argument(help="Views to show (default: all).")] = None,
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Followers to show (default: all).")
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
-    """Each view's position, the log head, the lag and the last error, if any."""
-    chosen = check_follower_names(names or [])
+    """Each follower's position, the log head, the lag and the last error, if any."""
+    chosen = check_follower_names(names) if names else follower_names()
     statuses = [follower_report(STATE.settings, STATE.reader, name) for name in chosen]
     if json_out:
         print_json(

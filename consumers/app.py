@@ -190,6 +190,20 @@ class ConsumerApp:
             log.warning("%s", gap.describe(self.name))
         return gap
 
+    def was_dead_lettered(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether the message at ``topic[partition]@offset`` was sent to the dead-letter
+        topic already (a redelivery after a crash is not sent twice)."""
+        self.setup()
+        with self.store.reading() as tx:
+            return (
+                tx.query_one(
+                    "SELECT 1 FROM consumer_dead_letters WHERE consumer = ? AND topic = ? "
+                    "AND kafka_partition = ? AND kafka_offset = ?",
+                    (self.name, topic, partition, offset),
+                )
+                is not None
+            )
+
     # --- bookkeeping --------------------------------------------------------------------
 
     def _fills_gap(self, tx: Tx, key: str, sequence: int) -> bool:

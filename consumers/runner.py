@@ -116,6 +116,8 @@ class App(Protocol):
 
     def handle_batch(self, batch: Sequence[Delivered[Any]]) -> list[Result]: ...
 
+    def was_dead_lettered(self, topic: str, partition: int, offset: int) -> bool: ...
+
     def record_dead_letter(
         self,
         *,
@@ -324,7 +326,7 @@ class _Loop:
         logged = False
         while True:
             try:
-                return call()
+                result = call()
             except Exception as e:
                 if not self.app.store.is_transient(e):
                     raise
@@ -332,6 +334,15 @@ class _Loop:
                     log.warning("%s: the store is unavailable, retrying: %s", self.app.name, e)
                     logged = True
                 self._pause(self.options.max_backoff_s)
+                try:
+                    self.app.store.recover()
+                except Exception as again:
+                    if not self.app.store.is_transient(again):
+                        raise
+            else:
+                if logged:
+                    log.info("%s: the store answers again", self.app.name)
+                return result
 
     def _done(self, delivered: Delivered[Any], result: Result) -> None:
         self.summary.outcomes[result.outcome.value] += 1
@@ -404,6 +415,18 @@ class _Loop:
             DLQ_ATTEMPTS: attempts,
             DLQ_TIME: datetime.now(UTC).isoformat(),
         }
+        if self._with_store(
+            lambda: self.app.was_dead_lettered(record.topic, record.partition, record.offset)
+        ):
+            # sent before a crash or stop that came before its offset was committed
+            log.info(
+                "%s: %s[%d]@%d was dead-lettered before; skipped",
+                self.app.name,
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+            return
         out = [(k, v) for k, v in headers if k not in added]
         out.extend((k, _text(v)) for k, v in added.items())
         while True:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -121,9 +121,12 @@ class ConsumerStore:
     """A consumer's database. ``open`` it from a SQLite path or a PostgreSQL URL; the
     runtime makes its tables, and ``ensure_tables`` the handlers' (idempotent DDL)."""
 
-    def __init__(self, db: ViewDB, where: str) -> None:
+    def __init__(
+        self, db: ViewDB, where: str, reconnect: Callable[[], ViewDB] | None = None
+    ) -> None:
         self.db = db
         self.where = where
+        self._reconnect = reconnect
         self._ready = False
 
     @classmethod
@@ -136,7 +139,11 @@ class ConsumerStore:
                 f"{params['POSTGRES_PORT']}/{params['POSTGRES_DBNAME']}"
                 f" (schema {params.get('POSTGRES_SCHEMA', 'public')})"
             )
-            return cls(ViewDB("postgres", postgres=params), shown)
+            return cls(
+                ViewDB("postgres", postgres=params),
+                shown,
+                reconnect=lambda: ViewDB("postgres", postgres=params),
+            )
         path = Path(location).expanduser()
         if path.is_dir():
             raise StoreLocationError(f"{path} is a directory; give the consumer's database file")
@@ -169,6 +176,15 @@ class ConsumerStore:
         """A lock held too long or a dropped connection: retry, it says nothing of the
         message."""
         return ViewDB.is_transient(error)
+
+    def recover(self) -> None:
+        """After a transient error: a PostgreSQL connection is opened anew (the old one
+        may have been dropped by the server); SQLite's file needs nothing."""
+        if self._reconnect is None:
+            return
+        with contextlib.suppress(Exception):
+            self.db.close()
+        self.db = self._reconnect()
 
     def close(self) -> None:
         self.db.close()

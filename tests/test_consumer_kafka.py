@@ -343,3 +343,62 @@ def test_a_downstream_consumer_in_a_dozen_lines(kafka_broker: KafkaBroker, tmp_p
     }
     assert {row[0] for row in revoked} == users
     app.store.close()
+
+
+def test_a_redelivered_bad_message_is_not_dead_lettered_twice(
+    kafka_broker: KafkaBroker, app: ConsumerApp, location: str
+) -> None:
+    # given a topic with a good message and a bad one, consumed once
+    topic = kafka_broker.create_topic(1)
+    good = story(1).messages[:2]
+    bad = good[1].with_value(b"\xff")
+    publish(kafka_broker.bootstrap, topic, [good[0], bad, good[1]])
+    running = run_in_thread(app, kafka_broker.bootstrap, topic, "first", options=OPTIONS)
+    assert wait_for(lambda: app.status().count("dead_lettered") == 1, timeout=60)
+    assert wait_for(lambda: {m.ce_id for m in good} <= app.handled_ids(), timeout=60)
+    stop(running)
+    # when everything is delivered again (another group over the same store: as after a
+    # crash before any commit)
+    again = r.open_app(location)
+    try:
+        running = run_in_thread(again, kafka_broker.bootstrap, topic, "second", options=OPTIONS)
+        assert wait_for(lambda: again.status().count("duplicate") == 2, timeout=60)
+        summary = stop(running)
+    finally:
+        again.store.close()
+    # then the bad one was recognised and not sent again
+    assert summary.messages == 3
+    assert summary.dead_lettered == 0
+    assert len(kafka_broker.read(f"{topic}.dlq", 1)) == 1
+    with pytest.raises(TimeoutError):
+        kafka_broker.read(f"{topic}.dlq", 2, timeout_s=2)
+
+
+@pytest.mark.parametrize("backend", [pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_a_dropped_database_connection_is_opened_again_and_nothing_is_lost(
+    kafka_broker: KafkaBroker, app: ConsumerApp, location: str, backend: str
+) -> None:
+    # given a consumer that handled the first half of a story
+    topic = kafka_broker.create_topic(2)
+    told = story(4)
+    half = len(told.messages) // 2
+    publish(kafka_broker.bootstrap, topic, told.messages[:half])
+    watcher = r.open_app(location)  # the test's own connection
+    try:
+        with app.store.reading() as tx:
+            pid = tx.query_one("SELECT pg_backend_pid()")[0]
+        running = run_in_thread(app, kafka_broker.bootstrap, topic, "drop", options=OPTIONS)
+        first = {m.ce_id for m in told.messages[:half]}
+        assert wait_for(lambda: first <= watcher.handled_ids(), timeout=60)
+        # when the server drops its connection, and more events come
+        with watcher.store.reading() as tx:
+            assert tx.query_one("SELECT pg_terminate_backend(?)", (pid,))[0]
+        publish(kafka_broker.bootstrap, topic, told.messages[half:])
+        # then it connects again and handles them, each action once
+        ids = {m.ce_id for m in told.messages}
+        assert wait_for(lambda: watcher.handled_ids() == ids, timeout=60)
+        stop(running)
+        assert sorted(actions_of(watcher.store)) == sorted(told.expected)
+        assert watcher.status().count("dead_lettered") == 0
+    finally:
+        watcher.store.close()

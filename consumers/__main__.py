@@ -33,6 +33,15 @@ KILL_AFTER = "SECSTATE_CONSUMER_TEST_KILL_AFTER"
 DELAY = "SECSTATE_CONSUMER_TEST_DELAY_S"
 
 
+def inert(text: str) -> str:
+    """Text from a request (a key id, a domain) as it can be printed on a terminal: each
+    character ``str.isprintable()`` refuses shown as an escape (the exact value is in
+    ``--json``)."""
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
+
+
 def _test_hook() -> Any:
     kill_after = int(os.environ.get(KILL_AFTER) or 0)
     delay = float(os.environ.get(DELAY) or 0)
@@ -79,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
                 if args.json:
                     print(json.dumps(action.as_dict(), ensure_ascii=True, sort_keys=True))
                 else:
-                    print(action.log_position, action.kind, action.target_kind, action.target)
+                    print(
+                        action.log_position,
+                        action.kind,
+                        action.target_kind,
+                        inert(action.target),
+                    )
             return 0
         if not args.bootstrap:
             parser.error("--bootstrap is required to run a consumer")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from consumers import reactions as r
-from consumers.__main__ import main
+from consumers.__main__ import inert, main
 from consumers.testing import delivery
 from contracts.payloads import ApiKeyRevoked, PasswordChanged
 
@@ -49,3 +49,8 @@ def test_running_needs_the_brokers(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as stopped:
         main(["reactions", "--store", str(tmp_path / "r.db")])
     assert stopped.value.code == 2
+
+
+def test_request_text_is_shown_inert() -> None:
+    assert inert("ak_1\x1b[31m\u202e") == "ak_1\\x1b[31m\\u202e"
+    assert inert("domäne.test") == "domäne.test"

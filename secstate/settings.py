@@ -103,6 +103,9 @@ class Settings(BaseSettings):
         description="where messages no handler can take go; unset = EVENTS_TOPIC.dlq",
     )
     consumer_max_attempts: int = Field(default=3, ge=1, le=100)
+    consumer_session_timeout_ms: int = Field(default=45_000, ge=1_000, le=3_600_000)
+    consumer_heartbeat_interval_ms: int = Field(default=3_000, ge=100, le=600_000)
+    consumer_fetch_max_wait_ms: int = Field(default=500, ge=0, le=60_000)
 
     @field_validator("database_url")
     @classmethod
@@ -136,6 +139,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "relay_delivery_timeout_ms must be at least relay_linger_ms + 1000 "
                 "(a request needs time of its own after the linger)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _consumer_heartbeat(self) -> Settings:
+        if self.consumer_heartbeat_interval_ms * 3 > self.consumer_session_timeout_ms:
+            raise ValueError(
+                "consumer_heartbeat_interval_ms must be at most a third of "
+                "consumer_session_timeout_ms (so a member is not evicted between heartbeats)"
             )
         return self
 

@@ -62,6 +62,7 @@ def _register_groups() -> None:
         "timeline_commands",
         "projection_commands",
         "relay_commands",
+        "consume_commands",
         "key_commands",
         "store_commands",
     ):

@@ -178,8 +178,8 @@ def test_two_consumers_share_the_partitions_and_the_survivor_takes_over(
     told = story(12)
     publish(kafka_broker.bootstrap, topic, told.messages)
     group = f"pair-{uuid.uuid4().hex[:6]}"
-    # each handles ~20 messages a second, one a transaction: both have work to share
-    slow = {DELAY: "0.05"}
+    # each handles ~10 messages a second, one a transaction: both have work to share
+    slow = {DELAY: "0.1"}
     small = ("--transaction-size", "1", "--max-poll-records", "5")
     # when two consumers of one group start
     one = Consumer(kafka_broker, topic, group, location, tmp_path / "one.log", *small, **slow)

@@ -7,6 +7,7 @@ consumer goes on."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -286,8 +287,14 @@ def test_a_member_joining_takes_partitions_over_without_a_message_handled_twice(
     publish(kafka_broker.bootstrap, topic, told.messages)
     ids = {m.ce_id for m in told.messages}
 
+    joined = threading.Event()  # set when the second member handled its first message
+
     def slowly(delivered: Delivered[Any], result: Any) -> None:
-        time.sleep(0.02)
+        if not joined.is_set():  # the first works slowly until the second has a share
+            time.sleep(0.2)
+
+    def arrived(delivered: Delivered[Any], result: Any) -> None:
+        joined.set()
 
     options = replace(OPTIONS, max_poll_records=5, after_transaction=slowly)
     group = f"join-{uuid.uuid4().hex[:6]}"
@@ -296,8 +303,9 @@ def test_a_member_joining_takes_partitions_over_without_a_message_handled_twice(
     # when a second member joins the group (its own store object on the same database)
     other = r.open_app(location)
     try:
-        second = run_in_thread(other, kafka_broker.bootstrap, topic, group, options=options)
-        assert wait_for(lambda: app.handled_ids() == ids, timeout=90)
+        joining = replace(options, after_transaction=arrived)
+        second = run_in_thread(other, kafka_broker.bootstrap, topic, group, options=joining)
+        assert wait_for(lambda: app.handled_ids() == ids, timeout=120)
         one, two = stop(first), stop(second)
     finally:
         other.store.close()

@@ -3,7 +3,8 @@
 Times, in the same run and interleaved (a, b, c, a, b, c, ...): ``python -c pass``,
 ``secstate --help``, and a one-event command (``secstate account open NAME`` on a SQLite
 home that already exists), each a fresh process. Prints the median wall time of each and
-its ratio to the bare start.
+its ratio to the bare start, and the median CPU time (user + system) of each, which
+other work on a shared machine disturbs less than the wall time.
 
 ``--before DIR`` compares with an earlier commit in the same run: DIR is a checkout of it
 (``git worktree add --detach DIR COMMIT``), whose packages are put first on the path
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -27,10 +29,17 @@ from pathlib import Path
 from benchmarks.common import print_table
 
 
-def wall(argv: list[str], env: dict[str, str]) -> float:
+def cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wall(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one run of ``argv``."""
+    cpu = cpu_of_children()
     start = time.perf_counter()
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_of_children() - cpu
 
 
 def main() -> None:
@@ -59,7 +68,7 @@ def main() -> None:
                 f"bench-{tree}-{i}",
             ],
         }
-        times: dict[tuple[str, str], list[float]] = {
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {
             (name, tree): [] for name in cases for tree in envs
         }
         for i in range(1, args.repeat + 1):
@@ -68,17 +77,19 @@ def main() -> None:
                     if name == "python -c pass" and tree != "after":
                         continue
                     times[name, tree].append(wall(argv(i, tree), tree_env))
-    bare = statistics.median(times["python -c pass", "after"])
+    bare = statistics.median(w for w, _ in times["python -c pass", "after"])
     headers = ["command"]
     for tree in envs:
         prefix = f"{tree}: " if len(envs) > 1 else ""
-        headers += [f"{prefix}median ms", f"{prefix}vs bare python"]
+        headers += [f"{prefix}median ms", f"{prefix}vs bare python", f"{prefix}CPU ms"]
     rows = []
     for name in cases:
         row = [name]
         for tree in envs:
-            t = times[name, tree] or times[name, "after"]
-            row += [f"{statistics.median(t) * 1000:.0f}", f"{statistics.median(t) / bare:.1f}x"]
+            runs = times[name, tree] or times[name, "after"]  # one bare python for both
+            median = statistics.median(w for w, _ in runs)
+            cpu = statistics.median(c for _, c in runs)
+            row += [f"{median * 1000:.0f}", f"{median / bare:.1f}x", f"{cpu * 1000:.0f}"]
         rows.append(row)
     print_table(f"start-up, median of {args.repeat} runs each", headers, rows)
 

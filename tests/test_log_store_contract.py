@@ -322,6 +322,15 @@ def test_scan_of_topics_yields_only_their_events_batched_by_matching_rows(
     assert list(subject.store.scan(topics={"t:nothing"})) == []
 
 
+def test_scan_of_no_topics_yields_nothing(subject: Subject) -> None:
+    # given a log
+    five_events(subject)
+    # when it is scanned for an empty collection of topics
+    # then no event is of one of them (None, not an empty collection, means every topic)
+    assert list(subject.store.scan(topics=[])) == []
+    assert list(subject.store.scan(topics=frozenset())) == []
+
+
 def test_scan_sees_the_log_as_it_is_when_each_batch_is_read(subject: Subject) -> None:
     # given a log of five scanned in batches of two
     five_events(subject)

@@ -44,15 +44,17 @@ class LogStore(Protocol):
         ...
 
     def read(self, start: int, limit: int, stop: int | None = None) -> Sequence[RawRow]:
-        """Up to ``limit`` rows with positions from ``start`` (inclusive) to ``stop``, in
-        position order; gaps in positions are simply absent."""
+        """Up to ``limit`` rows with positions from ``start`` (inclusive) to ``stop``
+        (inclusive), in position order; gaps in positions are simply absent. A negative
+        ``limit`` raises ValueError."""
         ...
 
     def scan(
         self, topics: Collection[str] | None = None, batch: int = 5000
     ) -> Iterator[Sequence[RawRow]]:
         """The whole log in batches of up to ``batch`` rows, in position order; only the
-        events of ``topics`` if it is given (an empty collection: none)."""
+        events of ``topics`` if it is given (an empty collection: none). A ``batch`` below
+        1 raises ValueError at the call."""
         ...
 
     def position_of(self, originator_id: uuid.UUID, version: int) -> int | None:
@@ -93,6 +95,7 @@ class RecorderLog:
         return int(self.recorder.max_notification_id() or 0)
 
     def read(self, start: int, limit: int, stop: int | None = None) -> Sequence[RawRow]:
+        check_limit(limit)
         return [
             RawRow(n.id, n.originator_id, n.originator_version, n.topic, n.state)
             for n in self.recorder.select_notifications(start=start, limit=limit, stop=stop)
@@ -101,10 +104,15 @@ class RecorderLog:
     def scan(
         self, topics: Collection[str] | None = None, batch: int = 5000
     ) -> Iterator[Sequence[RawRow]]:
-        start = 1
-        wanted = sorted(topics) if topics is not None else ()
-        if topics is not None and not wanted:
+        check_batch(batch)
+        return self._scan(None if topics is None else sorted(topics), batch)
+
+    def _scan(self, topics: list[str] | None, batch: int) -> Iterator[Sequence[RawRow]]:
+        """``scan``'s batches: ``topics`` sorted (None: every topic), ``batch`` checked."""
+        if topics == []:
             return  # the library reads no topics as every topic
+        start = 1
+        wanted = topics or ()
         while True:
             notifications = self.recorder.select_notifications(
                 start=start, limit=batch, topics=wanted
@@ -135,3 +143,16 @@ class RecorderLog:
 
     def insert(self, stored_events: Sequence[StoredEvent]) -> None:
         self.recorder.insert_events(list(stored_events))
+
+
+def check_limit(limit: int) -> None:
+    """ValueError for a negative ``read`` limit (SQLite would read it as no limit)."""
+    if limit < 0:
+        raise ValueError(f"the limit of a read must be 0 or more, not {limit}")
+
+
+def check_batch(batch: int) -> None:
+    """ValueError for a ``scan`` batch below 1 (the scan would end at once, as if the log
+    were empty, or read it whole in one batch)."""
+    if batch < 1:
+        raise ValueError(f"the batch of a scan must be 1 or more, not {batch}")

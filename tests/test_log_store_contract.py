@@ -342,6 +342,33 @@ def test_scan_sees_the_log_as_it_is_when_each_batch_is_read(subject: Subject) ->
     assert [positions(rows) for rows in scan] == [[3, 4], [5, 6]]
 
 
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_a_negative_read_limit_is_refused(subject: Subject) -> None:
+    # given a log
+    five_events(subject)
+    # when / then a negative limit is refused, not read as "no limit" nor passed on
+    with pytest.raises(ValueError, match="limit"):
+        subject.store.read(1, -1)
+    with pytest.raises(ValueError, match="limit"):
+        subject.store.read(1, -1, stop=3)
+
+
+@pytest.mark.parametrize("batch", [0, -1])
+def test_a_scan_batch_below_one_is_refused_before_anything_is_read(
+    subject: Subject, batch: int
+) -> None:
+    # given a log
+    five_events(subject)
+    # when / then a batch that could never make progress is refused at the call, rather
+    # than a scan that ends at once as if the log were empty
+    with pytest.raises(ValueError, match="batch"):
+        subject.store.scan(batch=batch)
+    with pytest.raises(ValueError, match="batch"):
+        subject.store.scan(topics={"t:changed"}, batch=batch)
+
+
 # --- position_of -------------------------------------------------------------------------------
 
 

@@ -28,7 +28,11 @@ class RawRow(NamedTuple):
 
 
 class ResetRow(NamedTuple):
-    """A User event as a reset campaign reads it: the state of reset events only."""
+    """A User event as a reset campaign reads it: the state of reset events only.
+
+    ``reset_scan``'s rows unpack as this tuple does, in this order; they may be the
+    database driver's own rows (a ``sqlite3.Row``, a plain tuple), spared the cost of a
+    ResetRow each, so read them by unpacking, not by field name."""
 
     originator_id: str  # as the store's ``id_text`` writes it
     originator_version: int

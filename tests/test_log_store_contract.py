@@ -481,8 +481,10 @@ def test_reset_scan_reads_every_event_of_the_topics_with_reset_states_only(
         assert rows is None  # unsupported: the campaign reads the scan instead
         return
     # then every event of those topics is there, in log order, ids as id_text writes
-    # them, and a state only for reset topics
+    # them, and a state only for reset topics; each row unpacks as a ResetRow (the
+    # driver's own row, not necessarily a ResetRow: read by unpacking)
     assert rows is not None
+    assert all(len(row) == 4 for row in rows)
     text = subject.store.id_text
     assert [tuple(row) for row in rows] == [
         (text(ALICE), 1, "t:created", None),
@@ -543,12 +545,14 @@ def test_id_text_is_hex_on_sqlite_and_uuid_text_on_postgresql(subject: Subject) 
 def test_inserted_events_read_back_as_the_librarys_recorder_reads_them(subject: Subject) -> None:
     # given a log of five
     five_events(subject)
-    # when pre-encoded events are inserted in one call, some sharing one state object
+    # when pre-encoded events are inserted in one call, two sharing one state object,
+    # one whose state is not text (as a cipher's or a compressor's is not)
     shared = b'{"campaign_id":"c1"}'
+    binary = b"\x00\xff\x80\x00b1"
     subject.store.insert(
         [
             StoredEvent(ALICE, 4, "t:reset", shared),
-            StoredEvent(BOB, 1, "t:created", b"b1"),
+            StoredEvent(BOB, 1, "t:created", binary),
             StoredEvent(ACME, 3, "t:reset", shared),
         ]
     )
@@ -557,7 +561,7 @@ def test_inserted_events_read_back_as_the_librarys_recorder_reads_them(subject: 
     rows = plain(subject.store.read(6, 100))
     assert rows == [
         (6, ALICE, 4, "t:reset", shared),
-        (7, BOB, 1, "t:created", b"b1"),
+        (7, BOB, 1, "t:created", binary),
         (8, ACME, 3, "t:reset", shared),
     ]
     assert plain(subject.store.read(1, 100)) == subject.library_rows()
@@ -566,6 +570,16 @@ def test_inserted_events_read_back_as_the_librarys_recorder_reads_them(subject: 
     assert [
         (as_uuid(s.originator_id), s.originator_version, s.topic, bytes(s.state)) for s in stored
     ] == [(ALICE, 4, "t:reset", shared)]
+    # and the other reads see them too
+    if subject.supports("position_of"):
+        assert subject.store.position_of(BOB, 1) == 7
+    resets = subject.store.reset_scan(["t:reset"], ["t:reset"])
+    if subject.supports("reset_scan"):
+        assert resets is not None
+        assert [tuple(row)[1:] for row in resets] == [
+            (4, "t:reset", shared),
+            (3, "t:reset", shared),
+        ]
 
 
 def test_inserting_nothing_stores_nothing(subject: Subject) -> None:

@@ -637,3 +637,17 @@ def test_recorder_log_answers_unsupported_operations_with_none_on_a_full_store(
     # and what it does support it answers from the library's recorder
     assert plain(fallback.store.read(1, 100)) == fallback.library_rows()
     assert fallback.store.head() == 5
+
+
+def test_log_store_gives_any_other_recorder_the_library_path() -> None:
+    # given a recorder of neither SQLite nor PostgreSQL (the library's in-memory one)
+    from eventsourcing.popo import POPOApplicationRecorder
+
+    recorder = POPOApplicationRecorder()
+    # when the port is asked for it
+    store = log_store(recorder)
+    # then it is RecorderLog, which reads what the recorder holds
+    assert type(store) is RecorderLog
+    recorder.insert_events([StoredEvent(ALICE, 1, "t:created", b"a1")])
+    assert plain(store.read(1, 10)) == [(1, ALICE, 1, "t:created", b"a1")]
+    assert store.head() == 1

@@ -26,9 +26,11 @@ from domain.campaigns import ResetCampaign
 from domain.context import Actor, ActorKind, RequestContext, Stamp, SteppedClock
 from domain.errors import UserDisabledError
 from domain.ledger import Ledger
+from domain.ports import RecorderLog
 from domain.user import DISABLED_AFTER, User
 from secstate.bootstrap import build_hasher, build_ledger, ledger_env, load_keyring
 from secstate.settings import Settings
+from store.log import log_store
 
 PASSWORD = "Tr0ub4dor&3-horse"
 NEW_PASSWORD = "c0rrect-b4ttery-st4ple"
@@ -328,7 +330,14 @@ def ciphered(settings: Settings, clock: SteppedClock) -> Iterator[Ledger]:
         "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
         "CIPHER_KEY": AESCipher.create_key(16),
     }
-    app = Ledger(env, keyring=load_keyring(settings), hasher=build_hasher(settings), clock=clock)
+    app = Ledger(
+        env,
+        log=log_store,
+        keyring=load_keyring(settings),
+        hasher=build_hasher(settings),
+        clock=clock,
+    )
+    assert type(app.log_store) is not RecorderLog  # the fast paths, under a cipher
     yield app
     app.close()
 

@@ -8,6 +8,12 @@
 - Bulk campaigns read versions and reset events with their own queries, encode one
   state per batch and insert with one executemany: the stored rows are those the
   aggregate's own method would have produced, and the statuses those of a full scan.
+- On the library path (RecorderLog, which supports neither the combined read nor the
+  reset scan) the Ledger falls back to reads of its own, with the same outcome.
+
+What the storage port itself returns (rows, batches, the combined read, the reset scan,
+the insert), on every implementation, is stated in test_log_store_contract.py; this
+file tests what the Ledger and its campaigns make of it.
 """
 
 from __future__ import annotations

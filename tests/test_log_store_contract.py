@@ -309,7 +309,7 @@ def test_scan_yields_the_whole_log_in_full_batches_in_position_order(
 def test_scan_of_topics_yields_only_their_events_batched_by_matching_rows(
     subject: Subject,
 ) -> None:
-    # given positions 1..5, three of topic t:changed, with a gap among them
+    # given positions 1..7, t:changed at 3, 4, 5 and 7, then 4 deleted
     five_events(subject)
     subject.append((BOB, 1, "t:created", b"b1"), (BOB, 2, "t:changed", b"b2"))
     subject.delete([4])
@@ -467,7 +467,7 @@ def test_actor_check_of_a_user_acting_on_herself_and_of_unknown_ids(subject: Sub
 def test_reset_scan_reads_every_event_of_the_topics_with_reset_states_only(
     subject: Subject,
 ) -> None:
-    # given users' events of four topics and an account's, with a gap
+    # given events of five topics (t:opened not among those read), with a gap
     five_events(subject)
     subject.append(
         (BOB, 1, "t:created", b"b1"), (BOB, 2, "t:reset", b"r1"), (ALICE, 4, "t:done", b"d1")

@@ -116,8 +116,6 @@ BUSY_NET = ipaddress.IPv4Network("198.18.200.0/24")
 P_BUSY_TYPO = 0.05
 SAVE_EVENTS = 2000  # events per save while building the busy account
 
-GOAL_REBUILD_SQLITE = 50_000
-GOAL_MS = 50.0
 PAGE = 50  # rows of a timeline page, the CLI's default
 WARMUP = 10
 

@@ -138,13 +138,6 @@ def postgres_problem() -> str | None:
 # --- timing ---------------------------------------------------------------------------------
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Wall-clock seconds of one call."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def interleave(
     cases: dict[str, Callable[[int], float]],
     repeat: int,

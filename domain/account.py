@@ -546,7 +546,3 @@ class ApiKeyIndex(Aggregate):
             reason=reason,
             **stamp.fields(),
         )
-
-
-def key_id_to_index_id(key_id: str) -> uuid.UUID:
-    return ApiKeyIndex.create_id(key_id)

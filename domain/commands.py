@@ -97,7 +97,9 @@ MAX_RECORDS = 10**12  # records touched by one staff access: beyond any real exp
 
 class Command(BaseModel):
     # Text fields strip surrounding blanks (see Text); secrets are kept exactly as typed.
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: a command model is built when first used, so a command line that
+    # parses one command does not pay for building the other thirty at import.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class OpenAccount(Command):

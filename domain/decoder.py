@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import json.scanner
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -150,11 +150,6 @@ class EventDecoder:
                 state=bytes(state),
             )
         )
-
-    def decode_all(self, rows: Sequence[RawRow]) -> list[tuple[int, Any]]:
-        """(position, event) pairs; the first row that fails raises, naming nothing yet
-        (the caller knows which views it was reading for)."""
-        return [(row[0], self.decode(row)) for row in rows]
 
     def _shortcut(
         self, cls: type, class_version: int, originator_id: Any, version: int, state: Any

@@ -72,10 +72,6 @@ class PasswordReuseError(SecStateError):
     """The new password equals the current one."""
 
 
-class WrongPasswordError(SecStateError):
-    """The current password given to confirm a change is wrong."""
-
-
 class CheckRefusedError(SecStateError):
     """A check of a secret was refused; the refusal itself has been recorded."""
 
@@ -133,26 +129,6 @@ class ApiKeyRejectedError(SecStateError):
 
 
 # --- second factors --------------------------------------------------------
-
-
-class InvalidTotpCodeError(SecStateError):
-    """The TOTP code is wrong for the factor at this time."""
-
-
-class TotpReplayError(SecStateError):
-    """The TOTP code was already used in its time step."""
-
-
-class NoPendingEnrolmentError(SecStateError):
-    """There is no started, unconfirmed enrolment with that id."""
-
-
-class NoRecoveryCodesError(SecStateError):
-    """The user has no unused recovery codes."""
-
-
-class SecondFactorRequiredError(SecStateError):
-    """The account's policy demands a second factor the user lacks or did not give."""
 
 
 # --- allowlist -------------------------------------------------------------

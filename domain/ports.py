@@ -28,7 +28,11 @@ class RawRow(NamedTuple):
 
 
 class ResetRow(NamedTuple):
-    """A User event as a reset campaign reads it: the state of reset events only."""
+    """A User event as a reset campaign reads it: the state of reset events only.
+
+    ``reset_scan``'s rows unpack as this tuple does, in this order; they may be the
+    database driver's own rows (a ``sqlite3.Row``, a plain tuple), spared the cost of a
+    ResetRow each, so read them by unpacking, not by field name."""
 
     originator_id: str  # as the store's ``id_text`` writes it
     originator_version: int
@@ -44,14 +48,17 @@ class LogStore(Protocol):
         ...
 
     def read(self, start: int, limit: int, stop: int | None = None) -> Sequence[RawRow]:
-        """Up to ``limit`` rows with positions from ``start`` (inclusive) to ``stop``, in
-        position order; gaps in positions are simply absent."""
+        """Up to ``limit`` rows with positions from ``start`` (inclusive) to ``stop``
+        (inclusive), in position order; gaps in positions are simply absent. A negative
+        ``limit`` raises ValueError."""
         ...
 
     def scan(
         self, topics: Collection[str] | None = None, batch: int = 5000
     ) -> Iterator[Sequence[RawRow]]:
-        """The whole log in batches (of the given topics only, if any), in position order."""
+        """The whole log in batches of up to ``batch`` rows, in position order; only the
+        events of ``topics`` if it is given (an empty collection: none). A ``batch`` below
+        1 raises ValueError at the call."""
         ...
 
     def position_of(self, originator_id: uuid.UUID, version: int) -> int | None:
@@ -92,6 +99,7 @@ class RecorderLog:
         return int(self.recorder.max_notification_id() or 0)
 
     def read(self, start: int, limit: int, stop: int | None = None) -> Sequence[RawRow]:
+        check_limit(limit)
         return [
             RawRow(n.id, n.originator_id, n.originator_version, n.topic, n.state)
             for n in self.recorder.select_notifications(start=start, limit=limit, stop=stop)
@@ -100,8 +108,15 @@ class RecorderLog:
     def scan(
         self, topics: Collection[str] | None = None, batch: int = 5000
     ) -> Iterator[Sequence[RawRow]]:
+        check_batch(batch)
+        return self._scan(None if topics is None else sorted(topics), batch)
+
+    def _scan(self, topics: list[str] | None, batch: int) -> Iterator[Sequence[RawRow]]:
+        """``scan``'s batches: ``topics`` sorted (None: every topic), ``batch`` checked."""
+        if topics == []:
+            return  # the library reads no topics as every topic
         start = 1
-        wanted = sorted(topics) if topics is not None else ()
+        wanted = topics or ()
         while True:
             notifications = self.recorder.select_notifications(
                 start=start, limit=batch, topics=wanted
@@ -132,3 +147,16 @@ class RecorderLog:
 
     def insert(self, stored_events: Sequence[StoredEvent]) -> None:
         self.recorder.insert_events(list(stored_events))
+
+
+def check_limit(limit: int) -> None:
+    """ValueError for a negative ``read`` limit (SQLite would read it as no limit)."""
+    if limit < 0:
+        raise ValueError(f"the limit of a read must be 0 or more, not {limit}")
+
+
+def check_batch(batch: int) -> None:
+    """ValueError for a ``scan`` batch below 1 (the scan would end at once, as if the log
+    were empty, or read it whole in one batch)."""
+    if batch < 1:
+        raise ValueError(f"the batch of a scan must be 1 or more, not {batch}")

@@ -10,7 +10,7 @@ commands: those are the ``Ledger``'s (``domain.ledger``), which extends it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Container, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, ClassVar, TypeVar
 
@@ -20,7 +20,6 @@ from eventsourcing.persistence import (
     ApplicationRecorder,
     JSONTranscoder,
     Mapper,
-    StoredEvent,
     Transcoding,
 )
 
@@ -187,27 +186,6 @@ class LedgerReader(Application[uuid.UUID]):
             return self.load(User, user_id)
         except AggregateNotFoundError:
             raise UnknownUserError(f"no user with id {user_id}") from None
-
-    def iter_user_events(
-        self, batch: int = 5000, only: Container[uuid.UUID] | None = None
-    ) -> Iterator[Any]:
-        """Every stored User event (of the users in ``only``), in log order.
-
-        One sequential scan, no per-user queries; events of other users are not decoded.
-        """
-        topics = [
-            v.TOPIC
-            for v in vars(User).values()
-            if isinstance(v, type) and issubclass(v, User.Event) and v is not User.Event
-        ]
-        for rows in self.log_store.scan(topics=topics, batch=batch):
-            for row in rows:
-                user_id = row.originator_id
-                if not isinstance(user_id, uuid.UUID):
-                    user_id = uuid.UUID(str(user_id))
-                if only is None or user_id in only:
-                    stored = StoredEvent(user_id, row.originator_version, row.topic, row.state)
-                    yield self.mapper.to_domain_event(stored)
 
 
 def _remember(memory: dict[K, V], key: K, value: V) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -65,16 +64,6 @@ ENVELOPE_FIELDS = frozenset(
         "occurred_at",
     }
 )
-# Event fields holding a secret, hashed or sealed: never shown outside the domain. The
-# name pattern also catches a secret field added later, so it is hidden by default.
-SECRET_EVENT_FIELDS = frozenset(
-    {"password_hash", "secret_hash", "sealed_seed", "sealed_private_key", "code_hashes"}
-)
-_SECRET_NAME = re.compile(r"hash|sealed|secret|private|password|token|seed|passphrase")
-
-
-def is_secret_field(name: str) -> bool:
-    return name in SECRET_EVENT_FIELDS or _SECRET_NAME.search(name) is not None
 
 
 class ContextEvent(Aggregate.Event):

@@ -10,7 +10,6 @@ tolerated everywhere: a follower always asks for positions after the last it saw
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -143,24 +142,6 @@ class Follower:
         if position > start and not (stopping and stopping.is_set()):
             self.sink.caught_up()
         return position - start
-
-    def run_forever(
-        self,
-        stopping: threading.Event,
-        poll_interval: float = 0.5,
-        waker: Waker | None = None,
-    ) -> None:
-        """Follow the log until ``stopping`` is set; errors propagate and stop this one.
-
-        Between catch-ups it sleeps ``poll_interval``, or less when ``waker`` says so.
-        """
-        while not stopping.is_set():
-            seen = waker.generation() if waker else 0
-            if self.catch_up(stopping=stopping) == 0 and not stopping.is_set():
-                if waker:
-                    waker.wait(seen, poll_interval)
-                else:
-                    stopping.wait(poll_interval)
 
 
 @dataclass

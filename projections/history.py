@@ -241,15 +241,29 @@ def _stream(ledger: LedgerReader, kind: SubjectKind, aggregate_id: uuid.UUID) ->
         yield kind, event
 
 
+# What an ApiKeyIndex event tells, by class: a line from the event, the key's name and
+# " from <ip>" (it changes no part of the document). ApiKeyIndex.Indexed tells nothing
+# new and is no entry of the history.
+KeyUseLine = Callable[[Any, str, str], str]
+KEY_USE_LINES: dict[type, KeyUseLine] = {
+    ApiKeyIndex.Used: lambda event, name, where: f"API key {name} used{where}",
+    ApiKeyIndex.UseRefused: lambda event, name, where: (
+        f"API key {name} refused{where}: {event.reason}"
+    ),
+}
+NOT_SHOWN: frozenset[type] = frozenset({ApiKeyIndex.Indexed})
+# Events that name an API key, by class: (key id, name), so later lines can use the name.
+KEY_NAMES: dict[type, Callable[[Any], tuple[str, str]]] = {
+    Account.ApiKeyCreated: lambda event: (event.key_id, event.name),
+}
+
+
 def _key_use_lines(event: Any, key_names: dict[str, str]) -> list[str]:
-    """What an ApiKeyIndex event tells, in a line (it changes no part of the document)."""
-    name = key_names.get(event.key_id, event.key_id)
+    line = KEY_USE_LINES.get(type(event))
+    if line is None:
+        return []
     where = f" from {event.source_ip}" if event.source_ip else ""
-    if isinstance(event, ApiKeyIndex.Used):
-        return [f"API key {name} used{where}"]
-    if isinstance(event, ApiKeyIndex.UseRefused):
-        return [f"API key {name} refused{where}: {event.reason}"]
-    return []
+    return [line(event, key_names.get(event.key_id, event.key_id), where)]
 
 
 def replay(
@@ -283,9 +297,11 @@ def replay(
             if in_window:
                 before = parts[key] if key in parts else render_part(kind, aggregates.get(key))
             aggregates[key] = apply(aggregates.get(key), event)
-            if isinstance(event, Account.ApiKeyCreated):
-                key_names[event.key_id] = event.name
-            if not in_window or isinstance(event, ApiKeyIndex.Indexed):
+            names = KEY_NAMES.get(type(event))
+            if names is not None:
+                key_id, name = names(event)
+                key_names[key_id] = name
+            if not in_window or type(event) in NOT_SHOWN:
                 parts.pop(key, None)  # stale: render again when first needed
                 continue
             after = render_part(kind, aggregates[key])

@@ -102,3 +102,19 @@ PY
     fi
     say "Kafka test broker: $("$bin" --version 2>&1) at $bin"
 }
+
+# tests/test_compose.py validates compose.yaml with Docker Compose's own parser, offline
+# (`docker-compose config`, Debian's package docker-compose; no Docker engine needed).
+# CI installs it when it can (as root, with apt-get); elsewhere that test is skipped.
+ensure_compose_validator() {
+    if command -v docker-compose >/dev/null 2>&1; then
+        return 0
+    fi
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing docker-compose (to validate compose.yaml offline)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null \
+            || say "WARNING: apt-get could not install docker-compose"
+    fi
+    command -v docker-compose >/dev/null 2>&1 \
+        || say "WARNING: docker-compose is missing; compose.yaml's validation test will be skipped (and fail under CI=true)"
+}

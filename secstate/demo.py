@@ -272,7 +272,6 @@ class _Writer:
         self.counts = counts
         self._dirty: dict[uuid.UUID, tuple[Aggregate, int]] = {}
         self._pending = 0
-        self.saves = 0
 
     def touch(self, *aggregates: Aggregate) -> None:
         for aggregate in aggregates:
@@ -291,7 +290,6 @@ class _Writer:
             for event in aggregate.pending_events:
                 self.counts[event_type_name(event)] += 1
         self.ledger.save_chronologically(*aggregates)
-        self.saves += 1
         self._dirty.clear()
         self._pending = 0
 

@@ -211,7 +211,8 @@ class Runner:
             log.debug("view %s: closing the old connection: %s", run.name, e)
 
     def _follow_forever(self, run: FollowerRun, report: ProgressFn) -> None:
-        """``Follower.run_forever`` with progress reported as it goes."""
+        """Follow the log until stopping, progress reported as it goes: between catch-ups
+        that found nothing, sleep the poll interval, or less when the waker says so."""
         follower = run.follower
         while not self.stopping.is_set():
             seen = self.waker.generation()

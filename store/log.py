@@ -10,13 +10,13 @@ implementation; any other recorder gets the library path (``RecorderLog``).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, LiteralString
 
 from eventsourcing.persistence import ApplicationRecorder, StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder, SQLiteApplicationRecorder
 
-from domain.ports import LogStore, RawRow, RecorderLog, ResetRow
+from domain.ports import LogStore, RawRow, RecorderLog, ResetRow, check_limit
 
 
 def log_store(recorder: ApplicationRecorder) -> LogStore:
@@ -48,6 +48,7 @@ class SqliteLog(RecorderLog):
         return int(rows[0][0] or 0)
 
     def read(self, start: int, limit: int, stop: int | None = None) -> Sequence[RawRow]:
+        check_limit(limit)
         statement = (
             "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608 - the recorder's table
             f"FROM {self.table} WHERE rowid >= ?" + (" AND rowid <= ?" if stop is not None else "")
@@ -55,10 +56,8 @@ class SqliteLog(RecorderLog):
         params = (start, stop, limit) if stop is not None else (start, limit)
         return [RawRow(*row) for row in self._rows(statement + " ORDER BY rowid LIMIT ?", params)]
 
-    def scan(
-        self, topics: Collection[str] | None = None, batch: int = 5000
-    ) -> Iterator[Sequence[RawRow]]:
-        wanted = sorted(topics) if topics is not None else []
+    def _scan(self, topics: list[str] | None, batch: int) -> Iterator[Sequence[RawRow]]:
+        wanted = topics if topics is not None else []
         where = f" AND topic IN ({','.join('?' * len(wanted))})" if topics is not None else ""
         statement = (
             "SELECT rowid, originator_id, originator_version, topic, state "  # noqa: S608 - the recorder's table
@@ -143,6 +142,7 @@ class PostgresLog(RecorderLog):
         return int(self._rows("SELECT MAX(notification_id) FROM {events}", ())[0][0] or 0)
 
     def read(self, start: int, limit: int, stop: int | None = None) -> Sequence[RawRow]:
+        check_limit(limit)
         if stop is None:
             rows = self._rows(
                 "SELECT notification_id, originator_id, originator_version, topic, state "
@@ -158,13 +158,10 @@ class PostgresLog(RecorderLog):
             )
         return [RawRow(*row) for row in rows]
 
-    def scan(
-        self, topics: Collection[str] | None = None, batch: int = 5000
-    ) -> Iterator[Sequence[RawRow]]:
+    def _scan(self, topics: list[str] | None, batch: int) -> Iterator[Sequence[RawRow]]:
         after = 0
-        wanted = sorted(topics) if topics is not None else None
         while True:
-            if wanted is None:
+            if topics is None:
                 rows = self._rows(
                     "SELECT notification_id, originator_id, originator_version, topic, state "
                     "FROM {events} WHERE notification_id > %s "
@@ -176,7 +173,7 @@ class PostgresLog(RecorderLog):
                     "SELECT notification_id, originator_id, originator_version, topic, state "
                     "FROM {events} WHERE notification_id > %s AND topic = ANY(%s) "
                     "ORDER BY notification_id LIMIT %s",
-                    (after, wanted, batch),
+                    (after, topics, batch),
                 )
             if not rows:
                 return

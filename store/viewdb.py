@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from store.connect import postgres_connect, schema_of
 
@@ -28,13 +28,6 @@ def setup_lock_key(schema: str) -> str:
     """The PostgreSQL advisory lock (hashed) under which all of a schema's DDL runs: the
     ledger's tables (``store.setup``) and the views' (``ViewDB.setup_transaction``)."""
     return f"secstate:{schema}:schema-setup"
-
-
-class Cursor(Protocol):
-    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
-    def executemany(self, sql: str, params: Sequence[Sequence[Any]]) -> Any: ...
-    def fetchone(self) -> Any: ...
-    def fetchall(self) -> list[Any]: ...
 
 
 class ViewDB:

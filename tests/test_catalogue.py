@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from domain.catalogue import CATALOGUE, EVENT_CLASSES, event_type_name, own_fields
 from domain.public import public_payload
 from domain.values import ContextEvent
+from projections.history import KEY_NAMES, KEY_USE_LINES, NOT_SHOWN
 from projections.state.fold import HANDLERS, NO_OP_CLASSES
 from projections.timeline import HANDLED_CLASSES
 
@@ -51,7 +52,14 @@ def test_type_names_are_the_topics_without_prefix() -> None:
 
 
 def test_every_view_handler_key_is_a_catalogue_class() -> None:
-    for key in [*HANDLERS, *NO_OP_CLASSES, *HANDLED_CLASSES]:
+    for key in [
+        *HANDLERS,
+        *NO_OP_CLASSES,
+        *HANDLED_CLASSES,
+        *KEY_USE_LINES,
+        *NOT_SHOWN,
+        *KEY_NAMES,
+    ]:
         assert key in CATALOGUE, key
     assert set(HANDLERS) | NO_OP_CLASSES == set(CATALOGUE)
 

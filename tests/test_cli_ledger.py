@@ -256,10 +256,9 @@ def test_account_open_show_policy_and_members_print_parseable_json(cli: Cli) -> 
     assert opened["kind"] == "customer"
     assert policy == {"account": name, "two_factor_required": True, "changed": True}
     assert again["changed"] is False
-    assert shown["two_factor_required"] is True
-    assert shown["display_name"] == "Acme Ltd"
-    assert shown["members"] == 2
-    assert shown["opened_at"].endswith("+00:00")
+    assert shown["account"]["two_factor_required"] is True
+    assert shown["account"]["display_name"] == "Acme Ltd"
+    assert shown["account"]["opened_at"].endswith("+00:00")
     assert sorted(m["role"] for m in members["members"]) == ["owner", "teammate"]
     assert all(m["status"] == "active" for m in members["members"])
 
@@ -274,9 +273,84 @@ def test_account_commands_print_tables_for_people(cli: Cli) -> None:
     policy = cli.ok("account", "policy", name, "--no-require-2fa")
     # then
     assert name in shown.out
-    assert "two_factor_required" in shown.out
+    assert "2FA required" in shown.out
+    assert "allowlist (0): empty" in shown.out
     assert "owner" in members.out
     assert "already optional" in policy.out
+
+
+def account_with_controls(cli: Cli) -> tuple[str, str]:
+    """An account with an allowlist entry, a used and a revoked API key, a DKIM key and
+    a user with a confirmed TOTP factor and a failed login: (account, username)."""
+    account = open_account(cli)
+    username = register(cli, account)
+    cli.ok("allowlist", "add", account, "10.0.0.0/8", "--label", "office")
+    used = cli.ok("apikey", "create", account, "--name", "ci", "--scope", "send", "--json").json()
+    gone = cli.ok("apikey", "create", account, "--name", "old", "--scope", "read", "--json").json()
+    SECRETS.update({used["token"], gone["token"]})
+    cli.ok("--source-ip", "10.1.2.3", "apikey", "verify", stdin=used["token"] + "\n")
+    cli.ok("apikey", "revoke", account, gone["key_id"], "--reason", "leak")
+    cli.ok("dkim", "generate", account, "mail.example.com", "s1")
+    enrolment = cli.ok("totp", "enrol", username, "--json").json()
+    SECRETS.add(enrolment["seed"])
+    cli.ok("totp", "confirm", username, enrolment["factor_id"], current_totp(enrolment["seed"]))
+    cli.ok("totp", "enrol", username, "--label", "spare")
+    assert cli("user", "login", username, "--password-stdin", stdin="Wrong-Guess-1\n").code == 1
+    return account, username
+
+
+def without(document: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k not in keys}
+
+
+def test_account_show_json_is_the_state_document_without_its_users(cli: Cli) -> None:
+    # given
+    account, _ = account_with_controls(cli)
+    # when
+    shown = cli.ok("account", "show", account, "--json").json()
+    state = cli.ok("state", account, "--json").json()
+    # then: the same parts, fields, shapes and times (as_of is each command's own now)
+    assert list(shown) == [k for k in state if k not in ("users", "source")]
+    assert without(shown, "as_of") == without(state, "as_of", "users", "source")
+    assert shown["api_keys"][0]["last_used_ip"] == "10.1.2.3"
+    assert [k["revoke_reason"] for k in shown["revoked_api_keys"]] == ["leak"]
+    assert [e["label"] for e in shown["allowlist"]] == ["office"]
+    assert [k["selector"] for k in shown["dkim_keys"]] == ["s1"]
+    assert_no_secrets(json.dumps(shown))
+
+
+def test_user_show_json_is_the_users_entry_of_the_state_document(cli: Cli) -> None:
+    # given
+    account, username = account_with_controls(cli)
+    # when
+    shown = cli.ok("user", "show", username, "--json").json()
+    state = cli.ok("state", account, "--json").json()
+    # then
+    [entry] = [u for u in state["users"] if u["username"] == username]
+    assert list(shown) == ["as_of", "account", "user"]
+    assert shown["account"] == state["account"]
+    assert shown["user"] == entry
+    assert [f["kind"] for f in shown["user"]["second_factors"]] == ["totp"]
+    assert [f["label"] for f in shown["user"]["pending_enrolments"]] == ["spare"]
+    assert shown["user"]["failed_logins"] == 1
+    assert_no_secrets(json.dumps(shown))
+
+
+def test_show_commands_print_the_documents_parts_for_people(cli: Cli) -> None:
+    # given
+    account, username = account_with_controls(cli)
+    # when
+    shown_account = cli.ok("account", "show", account)
+    shown_user = cli.ok("user", "show", username)
+    # then
+    assert "API keys (1 active, 1 revoked)" in shown_account.out
+    assert "allowlist (1)" in shown_account.out
+    assert "DKIM keys (1)" in shown_account.out
+    assert "10.0.0.0/8" in shown_account.out
+    assert "second factors (1)" in shown_user.out
+    assert "pending enrolments (1)" in shown_user.out
+    assert "spare" in shown_user.out
+    assert_no_secrets(shown_account.out + shown_user.out)
 
 
 # --- users and logins -----------------------------------------------------------------------
@@ -296,11 +370,11 @@ def test_registered_user_logs_in_with_password_from_stdin(cli: Cli) -> None:
         "method": "password",
         "rehashed": False,
     }
-    assert shown["account"] == account
-    assert shown["status"] == "active"
-    assert shown["password_set"] is True
-    assert shown["last_login_at"] is not None
-    assert "password_hash" not in shown
+    assert shown["account"]["name"] == account
+    assert shown["user"]["status"] == "active"
+    assert shown["user"]["password_changed_at"] is not None
+    assert shown["user"]["last_login_at"] is not None
+    assert "password_hash" not in json.dumps(shown)
     assert_no_secrets(login.out + login.err + json.dumps(shown))
 
 
@@ -316,7 +390,7 @@ def test_refused_login_exits_1_with_the_reason_and_is_recorded(cli: Cli) -> None
     # then: the refusal is the one write a refused command makes, by design
     assert_refusal(result, [f"login refused for {username!r}: bad_password"])
     assert cli.events() == before + 1
-    assert cli.ok("user", "show", username, "--json").json()["failed_logins"] == 1
+    assert cli.ok("user", "show", username, "--json").json()["user"]["failed_logins"] == 1
 
 
 def test_repeated_bad_logins_lock_the_user_until_unlocked(cli: Cli) -> None:
@@ -410,7 +484,7 @@ def test_reset_campaign_marks_accounts_and_users_once(cli: Cli) -> None:
     assert rerun.json()["already_marked"] == 4
     for username in [*in_first, in_second]:
         shown = cli.ok("user", "show", username, "--json").json()
-        assert shown["reset_campaign_id"] == campaign
+        assert shown["user"]["reset_campaign_id"] == campaign
 
 
 def test_reset_campaign_for_everyone_reaches_every_user(fresh_cli: Cli) -> None:
@@ -425,7 +499,7 @@ def test_reset_campaign_for_everyone_reaches_every_user(fresh_cli: Cli) -> None:
     # then
     assert "4 user(s) marked" in result.out
     for username in users:
-        assert cli.ok("user", "show", username, "--json").json()["reset_required"] is True
+        assert cli.ok("user", "show", username, "--json").json()["user"]["reset_required"] is True
 
 
 # --- API keys -----------------------------------------------------------------------------------
@@ -515,7 +589,8 @@ def test_totp_enrol_confirm_login_and_reused_code_is_refused(cli: Cli) -> None:
     assert_refusal(replay, ["totp_code_replayed"])
     assert cli.events() == before + 1  # the refusal is recorded
     shown = cli.ok("user", "show", username, "--json").json()
-    assert shown["second_factors"][0]["confirmed"] is True
+    assert shown["user"]["second_factors"][0]["confirmed_at"] is not None
+    assert shown["user"]["pending_enrolments"] == []
     assert "sealed" not in json.dumps(shown)
     assert seed not in json.dumps(shown)
 
@@ -534,7 +609,7 @@ def test_totp_seed_and_uri_print_once_for_people_and_factor_can_be_removed(cli: 
     assert "shown only now" in enrolment.err
     assert "uri:  otpauth://totp/" in enrolment.out
     assert removed == {"username": username, "factor_id": factor_id, "removed": True}
-    assert cli.ok("user", "show", username, "--json").json()["second_factors"] == []
+    assert cli.ok("user", "show", username, "--json").json()["user"]["second_factors"] == []
 
 
 def test_recovery_code_logs_in_once_when_two_factor_is_required(cli: Cli) -> None:
@@ -569,7 +644,7 @@ def test_recovery_code_logs_in_once_when_two_factor_is_required(cli: Cli) -> Non
     assert login.json()["method"] == "password+recovery_code"
     assert_refusal(reused, ["bad_second_factor"])
     assert_refusal(missing, ["second_factor_missing"])
-    assert cli.ok("user", "show", username, "--json").json()["recovery_codes_remaining"] == 4
+    assert cli.ok("user", "show", username, "--json").json()["user"]["recovery_codes_left"] == 4
 
 
 def test_recovery_codes_print_one_per_line_for_people(cli: Cli) -> None:
@@ -1279,14 +1354,14 @@ def test_a_wrong_totp_code_at_confirmation_is_recorded_and_counts_toward_the_loc
     # given
     code = wrong_totp_code(world, cli.store.ledger)
     before = cli.events()
-    failed = cli.ok("user", "show", world.owner, "--json").json()["failed_logins"]
+    failed = cli.ok("user", "show", world.owner, "--json").json()["user"]["failed_logins"]
     # when
     result = cli("totp", "confirm", world.owner, world.pending_factor, code)
     # then
     assert_refusal(result, ["TOTP confirmation refused for", "bad_second_factor"])
     assert new_events(cli, before) == ["User.TotpConfirmationFailed"]
     shown = cli.ok("user", "show", world.owner, "--json").json()
-    assert shown["failed_logins"] == failed + 1
+    assert shown["user"]["failed_logins"] == failed + 1
     cli.ok("user", "login", world.owner, "--password-stdin", stdin=PASSWORD + "\n")  # resets it
 
 

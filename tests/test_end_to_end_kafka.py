@@ -6,6 +6,9 @@ secstate's own state view, and ``reactions`` queued each action once.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,13 +23,17 @@ from consumers import ConsumerApp, RunOptions
 from consumers import reactions as r
 from consumers import state_replica as replica
 from consumers.runner import run_in_thread
+from domain.context import RequestContext
+from domain.ledger import Ledger
 from domain.reader import LedgerReader
 from projections.state.storage import ACCOUNTS_TABLE, USERS_TABLE
 from secstate.bootstrap import build_reader, open_view_db
+from secstate.consuming import open_consumer
 from secstate.demo import DemoOptions, run_demo
 from secstate.runner import Runner
 from secstate.settings import Settings
 
+SECSTATE = str(Path(sys.executable).with_name("secstate"))
 OPTIONS = RunOptions(
     consumer_config={**FAST_GROUP_JOIN, **FAST_FETCH}, backoff_s=0.05, max_backoff_s=0.2
 )
@@ -106,3 +113,89 @@ def test_the_replica_built_from_kafka_equals_the_state_view_and_reactions_are_qu
     finally:
         state_app.store.close()
         reactions_app.store.close()
+
+
+HOSTILE = '\x1b]0;owned\x07\x1b[2J=HYPERLINK("http://evil.example")\u202e'
+
+
+def test_attacker_text_that_went_through_kafka_is_inert_in_every_consumer_output(
+    ledger: Ledger, settings: Settings, kafka_broker: KafkaBroker
+) -> None:
+    from consumer_support import publish
+
+    from consumers.testing import message
+    from contracts.payloads import AllowlistEntryAdded, ApiKeyCreated
+    from domain import commands as c
+
+    # given events recorded from a hostile user agent (kept as sent, bounded) ...
+    hostile_ctx = RequestContext(source_ip="198.51.100.66", user_agent=HOSTILE)
+    ledger.open_account(c.parse_command(c.OpenAccount, name="acme"), hostile_ctx)
+    ledger.add_allowlist_entry(
+        c.parse_command(c.AddAllowlistEntry, account="acme", cidr="203.0.113.0/24", label="=1+1"),
+        hostile_ctx,
+    )
+    store = with_kafka(settings, kafka_broker.bootstrap, kafka_broker.create_topic(1))
+    relay_once(store, ledger)
+    ids = {
+        f"{uuid.UUID(str(row.originator_id))}:{row.originator_version}"
+        for rows in ledger.log_store.scan()
+        for row in rows
+    }
+    # ... and messages forged on the topic by whoever can write to it, carrying escapes
+    acme = uuid.UUID(str(next(iter(ledger.log_store.scan()))[0].originator_id))
+    forged = [
+        message(
+            AllowlistEntryAdded(entry_id="e-forged", cidr="198.51.100.0/24", label=HOSTILE),
+            aggregate_id=acme,
+            account_id=acme,
+            version=90,
+            sequence=90,
+            user_agent=HOSTILE,
+        ),
+        message(
+            ApiKeyCreated(key_id="k-forged", name=HOSTILE, scopes=[HOSTILE], display=HOSTILE),
+            aggregate_id=acme,
+            account_id=acme,
+            version=91,
+            sequence=91,
+        ),
+    ]
+    publish(kafka_broker.bootstrap, store.events_topic, forged)
+    ids |= {m.ce_id for m in forged}
+    # when both consumers take it in, on the databases `secstate consume` uses
+    for name in ("reactions", "state-replica"):
+        app = open_consumer(store, name)
+        try:
+            consume(app, kafka_broker, store.events_topic, ids)
+        finally:
+            app.store.close()
+    # then every way of showing what they hold prints it inert
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECSTATE_")}
+    env.update(SECSTATE_HOME=str(settings.home), COLUMNS="300", SECSTATE_KEYS="")
+    if settings.database_url is not None:
+        env["SECSTATE_DATABASE_URL"] = settings.database_url.get_secret_value()
+    for args in (
+        ("consume", "reactions", "--show"),
+        ("consume", "reactions", "--show", "--json"),
+        ("consume", "state-replica", "--show"),
+        ("consume", "state-replica", "--show", "--account", "acme", "--json"),
+        ("consume", "reactions", "--status"),
+    ):
+        shown = subprocess.run(
+            [SECSTATE, *args], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert shown.returncode == 0, shown.stderr
+        for stream in (shown.stdout, shown.stderr):
+            assert "\x1b" not in stream
+            assert "\x07" not in stream
+            assert "\u202e" not in stream
+    # and the JSON still carries the text itself, escaped, not lost
+    shown = subprocess.run(
+        [SECSTATE, "consume", "reactions", "--show", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    names = [a["detail"].get("label") or a["detail"].get("name") for a in json.loads(shown.stdout)]
+    assert HOSTILE in names

@@ -273,7 +273,7 @@ def test_an_oversized_password_guess_is_recorded_and_counted_without_hashing(cli
     # then it is a wrong guess like any other
     assert_refusal(result, ["login refused for", "bad_password"])
     assert cli.events() == before + 1
-    assert cli.ok("user", "show", user, "--json").json()["failed_logins"] == 1
+    assert cli.ok("user", "show", user, "--json").json()["user"]["failed_logins"] == 1
     # and the right password still logs in
     cli.ok("user", "login", user, "--password-stdin", stdin=PASSWORD + "\n")
 

@@ -338,7 +338,7 @@ def test_second_host_without_keys_refuses_to_mint_reads_and_fails_totp_with_one_
     assert status.json()["missing_key_ids"] == sorted(read_ring_file(a.ring_file).keys)
     assert not b.ring_file.exists()
     assert b.events() == before
-    assert shown["failed_logins"] == 0  # the refused login recorded nothing
+    assert shown["user"]["failed_logins"] == 0  # the refused login recorded nothing
     # when B is given A's ring (exported there), then it opens A's secrets
     exported = cli.ok(a, "keys", "export").out.splitlines()
     b.extra = dict(line.split("=", 1) for line in exported)
@@ -380,7 +380,7 @@ def test_console_script_on_a_keyless_second_host_fails_a_totp_login_with_one_lin
     # then: exit 1, one line naming the missing ring, no traceback; reading still works
     assert_refused(Result(proc.returncode, proc.stdout, proc.stderr), "no key ring on this host")
     assert shown.returncode == 0, shown.stderr
-    assert json.loads(shown.stdout)["username"] == "alice"
+    assert json.loads(shown.stdout)["user"]["username"] == "alice"
     assert not b.ring_file.exists()
 
 

@@ -8,6 +8,12 @@
 - Bulk campaigns read versions and reset events with their own queries, encode one
   state per batch and insert with one executemany: the stored rows are those the
   aggregate's own method would have produced, and the statuses those of a full scan.
+- On the library path (RecorderLog, which supports neither the combined read nor the
+  reset scan) the Ledger falls back to reads of its own, with the same outcome.
+
+What the storage port itself returns (rows, batches, the combined read, the reset scan,
+the insert), on every implementation, is stated in test_log_store_contract.py; this
+file tests what the Ledger and its campaigns make of it.
 """
 
 from __future__ import annotations
@@ -26,9 +32,11 @@ from domain.campaigns import ResetCampaign
 from domain.context import Actor, ActorKind, RequestContext, Stamp, SteppedClock
 from domain.errors import UserDisabledError
 from domain.ledger import Ledger
+from domain.ports import RecorderLog
 from domain.user import DISABLED_AFTER, User
 from secstate.bootstrap import build_hasher, build_ledger, ledger_env, load_keyring
 from secstate.settings import Settings
+from store.log import log_store
 
 PASSWORD = "Tr0ub4dor&3-horse"
 NEW_PASSWORD = "c0rrect-b4ttery-st4ple"
@@ -328,7 +336,14 @@ def ciphered(settings: Settings, clock: SteppedClock) -> Iterator[Ledger]:
         "CIPHER_TOPIC": "eventsourcing.cryptography:AESCipher",
         "CIPHER_KEY": AESCipher.create_key(16),
     }
-    app = Ledger(env, keyring=load_keyring(settings), hasher=build_hasher(settings), clock=clock)
+    app = Ledger(
+        env,
+        log=log_store,
+        keyring=load_keyring(settings),
+        hasher=build_hasher(settings),
+        clock=clock,
+    )
+    assert type(app.log_store) is not RecorderLog  # the fast paths, under a cipher
     yield app
     app.close()
 
@@ -389,3 +404,61 @@ def test_recorded_events_read_back_equal_whether_or_not_they_share_state_objects
     # then each reads back equal to itself
     for event in events:
         assert list(ledger.events.get(event.originator_id, gt=2)) == [event]
+
+
+# --- the library path: what the fallback store does not support, the Ledger reads otherwise ---
+
+
+@pytest.fixture
+def library(ledger: Ledger, settings: Settings, clock: SteppedClock) -> Iterator[Ledger]:
+    """A Ledger on the same store through RecorderLog, which answers None to the actor
+    check's combined read and to the reset scan (the port's contract suite asserts that):
+    the Ledger must fall back to reads of its own."""
+    app = Ledger(
+        {**ledger_env(settings), "CREATE_TABLE": "no"},
+        log=RecorderLog,
+        keyring=load_keyring(settings),
+        hasher=build_hasher(settings),
+        clock=clock,
+    )
+    assert type(app.log_store) is RecorderLog
+    yield app
+    app.close()
+
+
+def test_actor_disabled_elsewhere_is_refused_on_the_library_path(
+    ledger: Ledger, library: Ledger, ctx: RequestContext
+) -> None:
+    # given alice acting through a ledger on the library path, twice (so it remembers
+    # her and the account, and would read both at once where the store could)
+    open_account(ledger, ctx, "acme")
+    register(ledger, ctx, "alice", "acme")
+    add_entry(library, as_user("alice"), "acme", 1)
+    add_entry(library, as_user("alice"), "acme", 2)
+    # when another process disables her
+    ledger.disable_user(c.parse_command(c.DisableUser, username="alice", reason="breach"), ctx)
+    # then her next action there is refused, and nothing is saved
+    before = log_size(ledger)
+    with pytest.raises(UserDisabledError):
+        add_entry(library, as_user("alice"), "acme", 3)
+    assert log_size(ledger) == before
+    # and the account it loads is the fast ledger's
+    assert library.get_account("acme") == ledger.get_account("acme")
+
+
+def test_campaign_on_the_library_path_marks_and_reads_what_the_fast_path_does(
+    population: Ledger, library: Ledger, ctx: RequestContext
+) -> None:
+    # given seven users, four of them marked by a campaign on the fast path
+    ledger = population
+    library.bulk_batch_size = 3
+    assert campaign(ledger, ctx, "camp-1", accounts=["acme"]) == 4
+    # when the same campaign, for everyone, runs on the library path
+    marked = campaign(library, ctx, "camp-1", everyone=True)
+    # then it marks only the three the fast path had not (reading statuses by the
+    # notification scan), and the fast path finds every user marked once
+    assert marked == 3
+    assert campaign(ledger, ctx, "camp-1", everyone=True) == 0
+    statuses = ResetCampaign(ledger)._reset_statuses(None)
+    assert len(statuses) == 7
+    assert all(status.campaigns == ("camp-1",) for _, status in statuses.values())

@@ -25,11 +25,11 @@ from conftest import POSTGRES_URL, START, make_settings, postgres_problem
 from pydantic import SecretStr
 
 from domain import commands as c
+from domain.catalogue import secret_fields
 from domain.context import RequestContext, SteppedClock
 from domain.errors import LoginRefusedError
 from domain.ledger import Ledger
 from domain.secrets import totp_code_at_step, totp_step
-from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
 from domain.values import Role
 from projections.errors import ProjectionFailedError
 from projections.follower import view_follower
@@ -306,7 +306,7 @@ def stored_secrets(ledger: Ledger) -> set[str]:
     found: set[str] = set()
     for n in ledger.recorder.select_notifications(start=1, limit=100_000):
         event = ledger.mapper.to_domain_event(n)
-        for name in SECRET_FIELDS:
+        for name in secret_fields():
             value = getattr(event, name, None)
             if isinstance(value, str):
                 found.add(value)

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from domain import commands as c
+from domain.catalogue import CATALOGUE, secret_fields
 from domain.context import Actor, ActorKind, RequestContext, SteppedClock
 from domain.errors import InvalidCommandError, LoginRefusedError
 from domain.ledger import Ledger
 from domain.secrets import totp_code_at_step, totp_step
-from domain.values import SECRET_EVENT_FIELDS as SECRET_FIELDS
-from domain.values import AccountKind, is_secret_field
+from domain.values import AccountKind
 from projections.follower import Follower, view_follower
 from projections.rebuild import rebuild
 from projections.sinks import ViewSink
@@ -216,7 +216,7 @@ def stored_secrets(ledger: Ledger) -> set[str]:
     found: set[str] = set()
     for n in ledger.recorder.select_notifications(start=1, limit=100_000):
         event = ledger.mapper.to_domain_event(n)
-        for name in SECRET_FIELDS:
+        for name in secret_fields():
             value = getattr(event, name, None)
             if isinstance(value, str):
                 found.add(value)
@@ -347,16 +347,25 @@ def test_no_secret_reaches_any_row_of_the_view(
     # then
     for secret in history.secrets:
         assert secret not in text
-    for name in SECRET_FIELDS:
+    for name in secret_fields():
         assert name not in text
 
 
-def test_secret_like_field_names_are_dropped_even_if_unknown() -> None:
-    assert is_secret_field("password_hash")
-    assert is_secret_field("new_sealed_blob")
-    assert is_secret_field("webauthn_private_key")
-    assert not is_secret_field("public_key")
-    assert not is_secret_field("scopes")
+def test_the_catalogues_secret_fields_are_the_hashed_and_sealed_ones_and_none_is_kept() -> None:
+    # given: the catalogue's secret fields, each the hashed or sealed field of an event
+    secret = secret_fields()
+    # when
+    kept = {name for entry in CATALOGUE.values() for name in entry.public}
+    # then: what the timeline keeps of an event is its public fields, never a secret one
+    assert secret == {
+        "password_hash",
+        "secret_hash",
+        "sealed_seed",
+        "sealed_private_key",
+        "code_hashes",
+    }
+    assert not kept & secret
+    assert {"public_key", "scopes"} <= kept
 
 
 def test_catching_up_again_appends_only_the_new_events(

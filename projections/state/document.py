@@ -3,7 +3,8 @@
 Two paths produce the same document:
 
 - ``state_from_aggregates(account, users, as_of)`` from replayed domain aggregates (the
-  point-in-time path, ``show`` commands, and the reference the view is tested against);
+  point-in-time path and the reference the view is tested against), and its parts
+  ``account_state`` and ``user_state`` (what ``account show`` and ``user show`` print);
 - the state view, whose records are folded from events (``projections.state.fold``)
   and stored (``projections.state.storage``), read by ``projections.state.queries``.
 
@@ -235,6 +236,17 @@ def render_user(record: Record, as_of: datetime | None) -> Document:
     return doc
 
 
+def render_account_facts(record: Record) -> Document:
+    """The document's ``account`` entry: the account's own facts."""
+    return {
+        "name": record["name"],
+        "kind": record["kind"],
+        "display_name": record["display_name"],
+        "opened_at": record["opened_at"],
+        "two_factor_required": record["two_factor_required"],
+    }
+
+
 def render_account(record: Record) -> Document:
     """The account-wide parts of the document (everything but users and ``as_of``)."""
     keys = sorted(
@@ -248,13 +260,7 @@ def render_account(record: Record) -> Document:
         key=lambda k: (k["domain"], _time_key(k["generated_at"]), k["selector"]),
     )
     return {
-        "account": {
-            "name": record["name"],
-            "kind": record["kind"],
-            "display_name": record["display_name"],
-            "opened_at": record["opened_at"],
-            "two_factor_required": record["two_factor_required"],
-        },
+        "account": render_account_facts(record),
         "api_keys": [
             {
                 "key_id": k["key_id"],
@@ -335,3 +341,25 @@ def state_from_aggregates(
     return render_document(
         account_record(account, key_indexes), [user_record(u) for u in users], as_of
     )
+
+
+def account_state(
+    account: Account, as_of: datetime, key_indexes: Iterable[ApiKeyIndex] = ()
+) -> Document:
+    """The document of ``account`` without its users: ``as_of``, ``account``, ``api_keys``,
+    ``revoked_api_keys``, ``allowlist`` and ``dkim_keys``, each as ``state`` has it."""
+    doc = state_from_aggregates(account, (), as_of, key_indexes)
+    del doc["users"]
+    return doc
+
+
+def user_state(user: User, account: Account, as_of: datetime) -> Document:
+    """``user``'s part of its ``account``'s document: ``as_of``, the ``account`` entry, and
+    the ``user`` entry as it is in the document's ``users``."""
+    if as_of.tzinfo is None:
+        raise ValueError("as_of must be timezone-aware")
+    return {
+        "as_of": iso(as_of),
+        "account": render_account_facts(account_record(account)),
+        "user": render_user(user_record(user), as_of),
+    }

@@ -284,15 +284,6 @@ NO_OP_CLASSES: frozenset[type] = frozenset(
 )
 
 
-def apply_event(record: Record | None, event: Any) -> Record | None:
-    """Fold one event into a record (None before the aggregate exists); for tests and tools."""
-    entry = HANDLERS.get(type(event))
-    if entry is None:
-        return record
-    _, handler, _ = entry
-    return handler(record, event)
-
-
 def _check_version(record: Record, event: Any) -> None:
     """Refuse an event that does not follow the record's last version of its aggregate:
     a row deleted from the middle of the log, or versions out of order."""

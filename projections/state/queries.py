@@ -1,4 +1,4 @@
-"""Reading the state view: an account's document, a user's entry, users by status.
+"""Reading the state view: an account's document, users by status.
 
 Queries always read the live tables, even while a rebuild fills its shadow copies.
 """
@@ -10,10 +10,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.account import Account
-from domain.errors import UnknownAccountError, UnknownUserError
-from domain.user import User
+from domain.errors import UnknownAccountError
 from projections.sql import ViewDB
-from projections.state.document import Document, Record, render_document, render_user
+from projections.state.document import Document, render_document
 from projections.state.storage import ACCOUNTS_TABLE, USERS_TABLE
 
 
@@ -22,18 +21,6 @@ class StateQueries:
 
     def __init__(self, db: ViewDB) -> None:
         self.db = db
-
-    def account_record(self, name: str) -> Record:
-        account_id = str(Account.create_id(name))
-        with self.db.reading() as tx:
-            row = tx.query_one(
-                f"SELECT record FROM {ACCOUNTS_TABLE} WHERE account_id = ?",  # noqa: S608 - constant table names
-                (account_id,),
-            )
-        if row is None:
-            raise UnknownAccountError(f"no account named {name!r} in the state view")
-        record: Record = json.loads(row[0])
-        return record
 
     def get_account_state(self, name: str, as_of: datetime | None = None) -> Document:
         """The account's security state document; password ages relative to ``as_of`` (now)."""
@@ -54,14 +41,6 @@ class StateQueries:
             [json.loads(r[0]) for r in user_rows],
             as_of or datetime.now(UTC),
         )
-
-    def get_user_state(self, username: str, as_of: datetime | None = None) -> Document:
-        user_id = str(User.create_id(username))
-        with self.db.reading() as tx:
-            row = tx.query_one(f"SELECT record FROM {USERS_TABLE} WHERE user_id = ?", (user_id,))  # noqa: S608 - constant table names
-        if row is None:
-            raise UnknownUserError(f"no user named {username!r} in the state view")
-        return render_user(json.loads(row[0]), as_of or datetime.now(UTC))
 
     def users(
         self,

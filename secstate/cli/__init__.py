@@ -3,7 +3,7 @@
 Errors print one line on stderr and exit non-zero; ``--debug`` adds the traceback.
 Everything printed goes through ``secstate.cli.render``: no text from a request or
 from the stored history can act on the terminal. Command groups live in sibling
-modules and register themselves on ``app`` below.
+modules; the root (``secstate.cli.groups``) imports one only when its command runs.
 """
 
 from __future__ import annotations
@@ -14,27 +14,18 @@ import select
 import stat
 import sys
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import typer
-from pydantic import ValidationError
 
-from domain.commands import describe_validation_error
 from domain.errors import DamagedHistoryError, InvalidCommandError, SecStateError
 from projections.errors import ProjectionError
 from secstate.cli import failures, render
-from secstate.cli.common import STATE, refresh_console_width, root_callback
-from secstate.cli.store_commands import StoreGroup
+from secstate.cli.common import STATE, refresh_console_width
+from secstate.cli.groups import LazyGroup, build_eager, new_app
 
-app = typer.Typer(
-    name="secstate",
-    help="Event-sourced account-security ledger: record, inspect and investigate.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    cls=StoreGroup,  # a busy store is a one-line refusal (exit 1), not an internal error
-)
-app.callback()(root_callback)
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 # Exit codes: 1 = refused by a domain rule, bad input or a failure of the machine (a
 # missing directory, a full disk, a read-only database), 2 = usage error, 3 = internal
@@ -47,42 +38,24 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 
 
-def _register_groups() -> None:
-    # Imported here so each module can import ``app`` helpers without cycles.
-    for module_name in (
-        "account_commands",
-        "user_commands",
-        "apikey_commands",
-        "factor_commands",
-        "allowlist_commands",
-        "dkim_commands",
-        "staff_commands",
-        "demo",
-        "state_commands",
-        "timeline_commands",
-        "projection_commands",
-        "relay_commands",
-        "consume_commands",
-        "key_commands",
-        "store_commands",
-    ):
-        try:
-            module = __import__(f"secstate.cli.{module_name}", fromlist=["register"])
-        except ModuleNotFoundError as e:
-            if e.name != f"secstate.cli.{module_name}":
-                raise
-            continue
-        module.register(app)
+@functools.cache
+def eager_app() -> typer.Typer:
+    """The whole command line with every command module imported (``secstate.cli.app``)."""
+    return build_eager()
 
 
-_register_groups()
+def __getattr__(name: str) -> Any:
+    if name == "app":  # built on first use: running a command never needs all of it
+        return eager_app()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @functools.cache
 def _command() -> Any:
-    # Typer rebuilds its click command tree on every app() call (~0.1 s for all groups);
-    # build it once so in-process callers (the tests) can run many commands cheaply.
-    return typer.main.get_command(app)
+    # The root group, built once; it imports a command's module only when the command is
+    # run or its help is shown (secstate.cli.groups). In-process callers (the tests) run
+    # many commands on the same tree cheaply.
+    return typer.main.get_command(new_app(LazyGroup))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -170,6 +143,13 @@ def _store_description() -> str | None:
     return f"SQLite store in {settings.home}"
 
 
+def _is_validation_error(error: Exception) -> TypeGuard[ValidationError]:
+    """Whether ``error`` is pydantic's ValidationError, without importing pydantic for a
+    command that never did (then it cannot be one)."""
+    pydantic = sys.modules.get("pydantic_core")
+    return pydantic is not None and isinstance(error, pydantic.ValidationError)
+
+
 def _print_traceback() -> None:
     render.say(traceback.format_exc().rstrip("\n"), err=True)
 
@@ -210,9 +190,6 @@ def run(argv: list[str] | None = None) -> int:
         if STATE.debug:
             _print_traceback()
         return EXIT_REFUSED
-    except ValidationError as e:  # settings or other pydantic input
-        render.error("error: invalid settings or input: " + "; ".join(describe_validation_error(e)))
-        return EXIT_REFUSED
     except BrokenPipeError:
         # Whoever read stdout has gone (``| head``): nothing more to say, nowhere to say it.
         return EXIT_BROKEN_PIPE
@@ -220,6 +197,12 @@ def run(argv: list[str] | None = None) -> int:
         render.error("interrupted")
         return EXIT_INTERRUPTED
     except Exception as e:
+        if _is_validation_error(e):  # settings or other pydantic input
+            from domain.commands import describe_validation_error
+
+            problems = describe_validation_error(e)
+            render.error("error: invalid settings or input: " + "; ".join(problems))
+            return EXIT_REFUSED
         line = failures.describe(e, _command_name(argv), _store_description())
         if line is not None:
             render.error(line)

@@ -15,30 +15,13 @@ from secstate.cli.commanding import (
     reply,
     when,
 )
-from secstate.cli.common import STATE, JsonOption, fmt_time, print_json, print_table
+from secstate.cli.common import STATE, JsonOption, print_json, print_table
 
 if TYPE_CHECKING:
-    from domain.account import Account
     from domain.user import User
 
 
 account_app = typer.Typer(help="Open accounts and set account-wide policy.", no_args_is_help=True)
-
-
-def account_summary(account: Account) -> dict[str, object]:
-    return {
-        "id": str(account.id),
-        "name": account.name,
-        "kind": account.kind,
-        "display_name": account.display_name,
-        "opened_at": account.opened_at,
-        "two_factor_required": account.two_factor_required,
-        "members": len(account.members),
-        "allowlist_entries": len(account.allowlist),
-        "active_api_keys": sum(1 for k in account.api_keys.values() if k.active),
-        "dkim_keys": len(account.dkim_keys),
-        "version": account.version,
-    }
 
 
 @account_app.command("open")
@@ -67,17 +50,20 @@ def account_open(
 
 @account_app.command("show")
 def account_show(name: AccountArg, json_out: JsonOption = False) -> None:
-    """Show an account's security controls as the ledger holds them now."""
+    """Show an account's security controls as the ledger holds them now: its part of the
+    ``state`` document (all of it but the users)."""
+    from datetime import UTC, datetime
+
+    from projections.state import account_state
+    from secstate.cli.state_commands import render_account_state
+
     account = get_account(name)
-    summary = account_summary(account)
+    keys = STATE.reader.account_key_indexes(account)
+    doc = account_state(account, datetime.now(UTC), keys)
     if json_out:
-        print_json(summary)
+        print_json(doc)
         return
-    print_table(
-        f"account {account.name}",
-        ["field", "value"],
-        [(k, fmt_time(account.opened_at) if k == "opened_at" else v) for k, v in summary.items()],
-    )
+    render_account_state(doc)
 
 
 @account_app.command("policy")

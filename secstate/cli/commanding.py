@@ -106,13 +106,15 @@ def when(value: object) -> str:
 
 
 def get_account(name: str) -> Account:
+    """The account, for a command that only reads: loaded without the key ring."""
     query = cmd.parse_command(AccountQuery, account=name)
-    return STATE.ledger.get_account(query.account)
+    return STATE.reader.get_account(query.account)
 
 
 def get_user(username: str) -> User:
+    """The user, for a command that only reads: loaded without the key ring."""
     query = cmd.parse_command(UserQuery, username=username)
-    return STATE.ledger.get_user(query.username)
+    return STATE.reader.get_user(query.username)
 
 
 def user_must_exist(command: Any) -> None:

@@ -9,23 +9,23 @@ import sys
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from enum import Enum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-from domain.context import Actor, RequestContext
-from domain.errors import DamagedHistoryError, InvalidCommandError
-from domain.ledger import Ledger
-from domain.reader import LedgerReader
-from domain.rules import normalise_ip
-from domain.text import check_request_id
-from projections.follower import Follower
-from secstate.bootstrap import build_ledger, build_reader
 from secstate.cli import render
-from secstate.cli.render import console, err_console, make_table, text_column
-from secstate.settings import Settings
+from secstate.cli.render import console, err_console, make_table
+
+if TYPE_CHECKING:
+    # Annotations only: the ledger, the settings and what they import (pydantic,
+    # eventsourcing, cryptography, argon2) load when a command first asks for them.
+    from domain.context import RequestContext
+    from domain.errors import DamagedHistoryError
+    from domain.ledger import Ledger
+    from domain.reader import LedgerReader
+    from projections.follower import Follower
+    from secstate.settings import Settings
 
 
 def refresh_console_width() -> None:
@@ -54,12 +54,16 @@ class CliState:
     @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from secstate.settings import Settings
+
             self._settings = Settings()
         return self._settings
 
     @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
+            from secstate.bootstrap import build_ledger
+
             self._ledger = build_ledger(self.settings)
         return self._ledger
 
@@ -70,12 +74,19 @@ class CliState:
         if self._ledger is not None:
             return self._ledger
         if self._reader is None:
+            from secstate.bootstrap import build_reader
+
             self._reader = build_reader(self.settings)
         return self._reader
 
     def request_context(self) -> RequestContext:
         """The root options as the context every event of this command carries; each bad
         option is named (the user agent is kept as given, bounded: see domain.text)."""
+        from domain.context import Actor, RequestContext
+        from domain.errors import InvalidCommandError
+        from domain.rules import normalise_ip
+        from domain.text import check_request_id
+
         problems = []
         actor = RequestContext().actor
         try:
@@ -198,8 +209,10 @@ def catch_up_view(follower: Follower, doing: str) -> int:
     lag = follower.status().lag
     if lag < PROGRESS_THRESHOLD:
         return follower.catch_up()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
     with Progress(
-        text_column(),
+        render.text_column(),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),

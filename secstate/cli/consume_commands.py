@@ -20,7 +20,7 @@ from consumers import ConsumerApp
 from consumers import reactions as r
 from consumers import state_replica as replica
 from secstate.cli.common import STATE, JsonOption, print_json, print_table, say
-from secstate.cli.projection_commands import _logging_to_stderr, _stop_on_signals
+from secstate.cli.following import logging_to_stderr, stop_on_signals
 from secstate.consuming import (
     CONSUMERS,
     check_consumer,
@@ -79,7 +79,7 @@ def consume(
 def _run(app: ConsumerApp, name: str) -> None:
     settings = STATE.settings
     stop = threading.Event()
-    with _logging_to_stderr(), _stop_on_signals(stop.set):
+    with logging_to_stderr(), stop_on_signals(stop.set):
         logging.getLogger("secstate.projections").info(
             "consuming %s as group %s into %s",
             settings.events_topic,

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import (
@@ -28,8 +22,15 @@ from rich.text import Text
 from projections.registry import make_view, view_names
 from secstate.bootstrap import store_config
 from secstate.cli.common import STATE, JsonOption, print_json, print_table, say
-from secstate.cli.render import err_console, error, inert, inert_lines, text_column
-from secstate.followers import FollowerReport, check_follower_names, follower_names, follower_report
+from secstate.cli.following import (
+    BatchSizeOption,
+    finish,
+    logging_to_stderr,
+    status_json,
+    stop_on_signals,
+)
+from secstate.cli.render import err_console, error, inert, text_column
+from secstate.followers import check_follower_names, follower_names, follower_report
 from secstate.rebuilding import RebuildOutcome, rebuild_here, rebuild_in_processes
 from secstate.runner import Runner, RunReport
 from store.locks import exclusive
@@ -42,17 +43,6 @@ project_app = typer.Typer(
 EXIT_FAILED = 1
 EXIT_DAMAGED = 3  # the store holds a row the ledger cannot trust, as everywhere else
 EXIT_INTERRUPTED = 130
-
-BatchSizeOption = Annotated[
-    int,
-    typer.Option(
-        "--batch-size",
-        min=1,
-        max=1_000_000,  # a batch is one transaction, its rows held in memory
-        envvar="SECSTATE_PROJECTION_BATCH_SIZE",
-        help="Events per transaction.",
-    ),
-]
 
 
 class RateColumn(ProgressColumn):
@@ -74,66 +64,6 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=err_console,
     )
-
-
-class _UtcFormatter(logging.Formatter):
-    """UTC times; every line inert (messages quote stored errors, names and positions)."""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="seconds")
-
-    def format(self, record: logging.LogRecord) -> str:
-        return inert_lines(super().format(record))
-
-
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is now: rich's live progress display swaps it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
-
-
-@contextmanager
-def _logging_to_stderr() -> Iterator[None]:
-    """Runner log lines on stderr for the length of one command."""
-    logger = logging.getLogger("secstate.projections")
-    handler = _StderrHandler()
-    handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(handler)
-    old_level, old_propagate = logger.level, logger.propagate
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-        logger.propagate = old_propagate
-
-
-@contextmanager
-def _stop_on_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGINT/SIGTERM call ``stop`` (the work in hand finishes); a second one aborts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        if received:
-            raise KeyboardInterrupt
-        received.append(signum)
-        stop()
-
-    previous: dict[signal.Signals, Any] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @project_app.command("run")
@@ -163,7 +93,7 @@ def project_run(
     """Follow the ledger and keep views up to date until SIGINT/SIGTERM (or --once)."""
     chosen = check_follower_names(names or [])
     with (
-        _logging_to_stderr(),
+        logging_to_stderr(),
         Runner(
             STATE.settings,
             STATE.reader,
@@ -171,7 +101,7 @@ def project_run(
             batch_size=batch_size,
             poll_interval=poll_interval,
         ) as runner,
-        _stop_on_signals(runner.stop),
+        stop_on_signals(runner.stop),
     ):
         if once:
             report = _run_once_with_progress(runner)
@@ -180,7 +110,7 @@ def project_run(
                 "following %s (%s)", ", ".join(chosen), STATE.settings.describe_store()
             )
             report = runner.run()
-    _finish(report, once)
+    finish(report, once)
 
 
 def _run_once_with_progress(runner: Runner) -> RunReport:
@@ -202,37 +132,6 @@ def _run_once_with_progress(runner: Runner) -> RunReport:
         return report
 
 
-def _finish(report: RunReport, once: bool) -> None:
-    for run in report.followers:
-        if run.error is None:
-            say(f"{run.name}: position {run.position} (+{run.applied} events)")
-        else:
-            error(f"error: {run.error}")
-    if report.failed:
-        raise typer.Exit(EXIT_FAILED)
-    if report.interrupted:
-        say("stopped cleanly; positions saved")
-
-
-def _status_json(status: FollowerReport) -> dict[str, object]:
-    error = status.last_error
-    return {
-        "view": status.name,
-        "state": status.state,
-        "position": status.position,
-        "head": status.head,
-        "lag": status.lag,
-        "last_error": None
-        if error is None
-        else {
-            "position": error.position,
-            "event_type": error.event_type,
-            "message": error.message,
-            "failed_at": error.failed_at,
-        },
-    }
-
-
 @project_app.command("status")
 def project_status(
     names: Annotated[
@@ -247,7 +146,7 @@ def project_status(
         print_json(
             {
                 "head": max((s.head for s in statuses), default=0),
-                "views": [_status_json(s) for s in statuses],
+                "views": [status_json(s) for s in statuses],
             }
         )
         return
@@ -315,7 +214,7 @@ def _usable_cpus() -> int:
 def _rebuild(names: list[str], batch_size: int, json_out: bool) -> None:
     stopping = threading.Event()
     label = ", ".join(names)
-    with _stop_on_signals(stopping.set), _progress() as bars:
+    with stop_on_signals(stopping.set), _progress() as bars:
         task = bars.add_task(inert(f"rebuild {label}"), total=STATE.reader.log_store.head())
         outcome = rebuild_here(
             STATE.settings,
@@ -335,7 +234,7 @@ def _rebuild_parallel(names: list[str], jobs: int, batch_size: int, json_out: bo
     head = STATE.reader.log_store.head()
     groups = [names[i::jobs] for i in range(jobs)]
     stopping = threading.Event()
-    with _stop_on_signals(stopping.set), _progress() as bars:
+    with stop_on_signals(stopping.set), _progress() as bars:
         tasks = [
             bars.add_task(inert("rebuild " + ", ".join(group)), total=head) for group in groups
         ]

@@ -17,12 +17,12 @@ from producers.kafka import create_topic
 from producers.publisher import PublishError
 from secstate.bootstrap import store_config
 from secstate.cli.common import STATE, JsonOption, print_json, print_table, say
-from secstate.cli.projection_commands import (
+from secstate.cli.following import (
     BatchSizeOption,
-    _finish,
-    _logging_to_stderr,
-    _status_json,
-    _stop_on_signals,
+    finish,
+    logging_to_stderr,
+    status_json,
+    stop_on_signals,
 )
 from secstate.cli.render import error
 from secstate.followers import follower_report
@@ -65,11 +65,11 @@ def relay_run(
     settings.kafka_servers()  # a clear error now if Kafka is not configured
     with (
         exclusive(store_config(settings), [f"follower-{RELAY}"]),
-        _logging_to_stderr(),
+        logging_to_stderr(),
         Runner(
             settings, STATE.reader, [RELAY], batch_size=batch_size, poll_interval=poll_interval
         ) as runner,
-        _stop_on_signals(runner.stop),
+        stop_on_signals(runner.stop),
     ):
         logging.getLogger("secstate.projections").info(
             "relaying %s to topic %s at %s",
@@ -78,7 +78,7 @@ def relay_run(
             ",".join(settings.kafka_servers()),
         )
         report = runner.run(once=once)
-    _finish(report, once)
+    finish(report, once)
 
 
 @relay_app.command("status")
@@ -87,7 +87,7 @@ def relay_status(json_out: JsonOption = False) -> None:
     settings = STATE.settings
     status = follower_report(settings, STATE.reader, RELAY)
     if json_out:
-        print_json({**_status_json(status), "topic": settings.events_topic})
+        print_json({**status_json(status), "topic": settings.events_topic})
         return
     print_table(
         "relay",

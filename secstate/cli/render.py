@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import TextColumn
-from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:  # imported where used: a command that prints no table loads neither
+    from rich.progress import TextColumn
+    from rich.table import Table
 
 # Printable by str.isprintable() but invisible: fillers and marks used to forge names.
 _INVISIBLE = frozenset(
@@ -118,6 +120,8 @@ def make_table(
     title: str | None, columns: Sequence[str], *, show_lines: bool = False, **options: Any
 ) -> Table:
     """A table whose title and headers are inert text (every column folds long values)."""
+    from rich.table import Table
+
     table = Table(
         title=None if title is None else Text(inert(title)), show_lines=show_lines, **options
     )
@@ -128,6 +132,8 @@ def make_table(
 
 def text_column(text_format: str = "{task.description}") -> TextColumn:
     """A progress-bar text column that shows its description as text, never as markup."""
+    from rich.progress import TextColumn
+
     return TextColumn(text_format, markup=False)
 
 

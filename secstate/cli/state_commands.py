@@ -113,24 +113,30 @@ def source_line(source: dict[str, Any]) -> str:
     )
 
 
-def render_state(doc: Document, source: dict[str, Any]) -> None:
+def facts_panel(title: str, facts: list[tuple[str, Any]]) -> Panel:
+    """A titled panel of labelled values, every value an inert cell."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    for label, value in facts:
+        grid.add_row(label, cell(value))
+    return Panel(grid, title=Text(inert(title)))
+
+
+def account_facts(doc: Document) -> list[tuple[str, Any]]:
     account = doc["account"]
-    facts = Table.grid(padding=(0, 2))
-    facts.add_column(style="bold")
-    facts.add_column()
-    for label, value in (
+    return [
         ("account", account["name"]),
         ("kind", account["kind"]),
         ("display name", account["display_name"]),
         ("opened at", short_time(account["opened_at"])),
         ("2FA required", account["two_factor_required"]),
         ("as of", short_time(doc["as_of"])),
-        ("source", source_line(source)),
-    ):
-        facts.add_row(label, cell(value))
-    console.print(Panel(facts, title=Text(inert(f"security state of {account['name']}"))))
+    ]
 
-    users = [
+
+def users_table(users: list[Document]) -> Table:
+    rows = [
         [
             u["username"],
             u["role"],
@@ -141,15 +147,43 @@ def render_state(doc: Document, source: dict[str, Any]) -> None:
             + [f"{f['kind']} ({f['label']}, pending)" for f in u["pending_enrolments"]],
             u["recovery_codes_left"],
             u["failed_logins"],
-            f"{short_time(u['last_login_at'])} from {u['last_login_ip'] or '?'}"
-            if u["last_login_at"]
-            else None,
-            f"{u['reset_reason']} ({u['reset_campaign_id'] or 'no campaign'})"
-            if u["reset_required"]
-            else None,
+            last_login(u),
+            reset(u),
         ]
-        for u in doc["users"]
+        for u in users
     ]
+    return _table(
+        f"users ({len(rows)})",
+        [
+            "user",
+            "role",
+            "status",
+            "email",
+            "pw age (d)",
+            "2FA",
+            "codes",
+            "failed",
+            "last login",
+            "reset",
+        ],
+        rows,
+    )
+
+
+def last_login(user: Document) -> str | None:
+    if not user["last_login_at"]:
+        return None
+    return f"{short_time(user['last_login_at'])} from {user['last_login_ip'] or '?'}"
+
+
+def reset(user: Document) -> str | None:
+    if not user["reset_required"]:
+        return None
+    return f"{user['reset_reason']} ({user['reset_campaign_id'] or 'no campaign'})"
+
+
+def account_tables(doc: Document) -> list[Table]:
+    """The account-wide tables of a document: API keys, allowlist, DKIM keys."""
     keys = [
         [
             k["key_id"],
@@ -190,48 +224,94 @@ def render_state(doc: Document, source: dict[str, Any]) -> None:
         ]
         for k in doc["dkim_keys"]
     ]
+    return [
+        _table(
+            f"API keys ({len(doc['api_keys'])} active, {len(doc['revoked_api_keys'])} revoked)",
+            ["key id", "name", "scopes", "display", "created by", "created", "status"],
+            keys,
+        ),
+        _table(
+            f"allowlist ({len(allowlist)})"
+            + ("" if allowlist else ": empty, every IP may enter the control panel"),
+            ["entry", "cidr", "label", "added by", "added"],
+            allowlist,
+        ),
+        _table(
+            f"DKIM keys ({len(dkim)})",
+            [
+                "domain",
+                "selector",
+                "algorithm",
+                "state",
+                "public key sha256",
+                "generated",
+                "activated",
+                "retired",
+            ],
+            dkim,
+        ),
+    ]
+
+
+def render_state(doc: Document, source: dict[str, Any]) -> None:
+    """``state``: the whole document, and where it was read from."""
+    title = f"security state of {doc['account']['name']}"
+    console.print(facts_panel(title, [*account_facts(doc), ("source", source_line(source))]))
+    console.print(Group(users_table(doc["users"]), *account_tables(doc)))
+
+
+def render_account_state(doc: Document) -> None:
+    """``account show``: the document without its users (``account_state``)."""
+    console.print(facts_panel(f"account {doc['account']['name']}", account_facts(doc)))
+    console.print(Group(*account_tables(doc)))
+
+
+def render_user_state(doc: Document) -> None:
+    """``user show``: one user's entry of its account's document (``user_state``)."""
+    user, account = doc["user"], doc["account"]
+    facts: list[tuple[str, Any]] = [
+        ("user", user["username"]),
+        ("account", account["name"]),
+        ("role", user["role"]),
+        ("status", user["status"]),
+        ("email", user["email"]),
+        ("registered at", short_time(user["registered_at"])),
+        ("password changed at", short_time(user["password_changed_at"])),
+        ("password age (days)", user["password_age_days"]),
+        ("2FA required", account["two_factor_required"]),
+        ("recovery codes left", user["recovery_codes_left"]),
+        ("codes generated at", short_time(user["recovery_codes_generated_at"])),
+        ("failed logins", user["failed_logins"]),
+        ("last login", last_login(user)),
+        ("reset required", reset(user) if user["reset_required"] else False),
+        ("as of", short_time(doc["as_of"])),
+    ]
+    console.print(facts_panel(f"user {user['username']}", facts))
+    factors = [
+        [
+            f["factor_id"],
+            f["kind"],
+            f["label"],
+            short_time(f["enrolled_at"]),
+            short_time(f["confirmed_at"]),
+        ]
+        for f in user["second_factors"]
+    ]
+    pending = [
+        [f["factor_id"], f["kind"], f["label"], short_time(f["started_at"])]
+        for f in user["pending_enrolments"]
+    ]
     console.print(
         Group(
             _table(
-                f"users ({len(users)})",
-                [
-                    "user",
-                    "role",
-                    "status",
-                    "email",
-                    "pw age (d)",
-                    "2FA",
-                    "codes",
-                    "failed",
-                    "last login",
-                    "reset",
-                ],
-                users,
+                f"second factors ({len(factors)})",
+                ["factor id", "kind", "label", "enrolled", "confirmed"],
+                factors,
             ),
             _table(
-                f"API keys ({len(doc['api_keys'])} active, {len(doc['revoked_api_keys'])} revoked)",
-                ["key id", "name", "scopes", "display", "created by", "created", "status"],
-                keys,
-            ),
-            _table(
-                f"allowlist ({len(allowlist)})"
-                + ("" if allowlist else ": empty, every IP may enter the control panel"),
-                ["entry", "cidr", "label", "added by", "added"],
-                allowlist,
-            ),
-            _table(
-                f"DKIM keys ({len(dkim)})",
-                [
-                    "domain",
-                    "selector",
-                    "algorithm",
-                    "state",
-                    "public key sha256",
-                    "generated",
-                    "activated",
-                    "retired",
-                ],
-                dkim,
+                f"pending enrolments ({len(pending)})",
+                ["factor id", "kind", "label", "started"],
+                pending,
             ),
         )
     )

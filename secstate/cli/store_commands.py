@@ -1,4 +1,4 @@
-"""The store as a whole: ``secstate init``, and busy-store errors for every command.
+"""The store as a whole: ``secstate init`` (busy-store errors: ``groups.StoreGroup``).
 
 No command needs ``init`` first: the first use of a store creates what it lacks, once,
 under the store's setup lock. ``init`` is for deployments that keep the right to create
@@ -8,45 +8,13 @@ everything else as a role without CREATE (docs/architecture.md, "Persistence").
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
-from typer.core import TyperGroup
 
-from domain.errors import SecStateError
 from projections.follower import view_follower
 from projections.registry import make_view, view_names
 from projections.timeline import TimelineView
 from secstate.bootstrap import open_view_db
 from secstate.cli.common import STATE, JsonOption, print_json, say
-from secstate.settings import Settings
-from store.busy import busy_error
-
-
-class StoreGroup(TyperGroup):
-    """The root command group: database trouble that says nothing about the command (a
-    store locked past its timeout, a lost connection) leaves as ``StoreBusyError``, a
-    refusal on one line, rather than as an internal error."""
-
-    def invoke(self, ctx: Any) -> Any:
-        try:
-            return super().invoke(ctx)
-        except SecStateError:
-            raise  # the ledger's own verdicts, busy ones included
-        except Exception as error:
-            settings = _settings_if_any()
-            busy = busy_error(error, settings.sqlite_lock_timeout if settings else None)
-            if busy is None:
-                raise
-            raise busy from error
-
-
-def _settings_if_any() -> Settings | None:
-    """The command's settings, for the message; None if they are what failed."""
-    try:
-        return STATE.settings
-    except Exception:
-        return None
 
 
 def init_store(json_out: JsonOption = False) -> None:

@@ -25,57 +25,15 @@ from secstate.cli.commanding import (
     perform,
     reply,
     user_must_exist,
-    when,
 )
-from secstate.cli.common import STATE, JsonOption, print_json, print_table
+from secstate.cli.common import STATE, JsonOption, print_json
 from secstate.cli.render import err_console, inert, text_column
 
 if TYPE_CHECKING:
     from domain.ledger import BulkResult
-    from domain.user import User
 
 
 user_app = typer.Typer(help="Register users, log in, lock and disable.", no_args_is_help=True)
-
-
-def user_summary(user: User) -> dict[str, object]:
-    from domain.account import Account
-
-    account = STATE.ledger.load(Account, user.account_id)
-    codes = user.recovery_codes
-    return {
-        "id": str(user.id),
-        "username": user.username,
-        "account": account.name,
-        "email": user.email,
-        "role": user.role,
-        "status": user.status.value,
-        "registered_at": user.registered_at,
-        "password_set": user.password_hash is not None,
-        "password_changed_at": user.password_changed_at,
-        "reset_required": user.reset_required,
-        "reset_reason": user.reset_reason,
-        "reset_campaign_id": user.reset_campaign_id,
-        "locked": user.locked,
-        "disabled": user.disabled,
-        "failed_logins": user.failed_logins,
-        "second_factors": [
-            {
-                "factor_id": f.factor_id,
-                "kind": f.kind,
-                "label": f.label,
-                "confirmed": f.confirmed,
-                "started_at": f.started_at,
-                "confirmed_at": f.confirmed_at,
-            }
-            for f in user.factors.values()
-        ],
-        "recovery_codes_remaining": codes.remaining if codes else 0,
-        "recovery_codes_generated_at": codes.generated_at if codes else None,
-        "last_login_at": user.last_login_at,
-        "last_login_ip": user.last_login_ip,
-        "version": user.version,
-    }
 
 
 @user_app.command("register")
@@ -125,34 +83,21 @@ def user_register(
 
 @user_app.command("show")
 def user_show(username: UsernameArg, json_out: JsonOption = False) -> None:
-    """Show a user's credentials state (never a hash or seed)."""
+    """Show a user's credentials state (never a hash or seed): the user's entry of its
+    account's ``state`` document."""
+    from datetime import UTC, datetime
+
+    from domain.account import Account
+    from projections.state import user_state
+    from secstate.cli.state_commands import render_user_state
+
     user = get_user(username)
-    summary = user_summary(user)
+    account = STATE.reader.load(Account, user.account_id)
+    doc = user_state(user, account, datetime.now(UTC))
     if json_out:
-        print_json(summary)
+        print_json(doc)
         return
-    del summary["second_factors"]
-    print_table(
-        f"user {user.username}",
-        ["field", "value"],
-        [(k, when(v) if k.endswith("_at") else v) for k, v in summary.items()],
-    )
-    if user.factors:
-        print_table(
-            "second factors",
-            ["factor id", "kind", "label", "confirmed", "started", "confirmed at"],
-            [
-                (
-                    f.factor_id,
-                    f.kind,
-                    f.label,
-                    f.confirmed,
-                    when(f.started_at),
-                    when(f.confirmed_at),
-                )
-                for f in user.factors.values()
-            ],
-        )
+    render_user_state(doc)
 
 
 def _status_result(username: str, json_out: bool, message: str) -> None:

@@ -26,6 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from consumers.app import ConsumerApp
+from consumers.delivery import Delivered
+from consumers.store import ConsumerStore, Tx
 from contracts.payloads import (
     AllowlistEntryAdded,
     AllowlistEntryRemoved,
@@ -40,10 +43,6 @@ from contracts.payloads import (
     UserDisabled,
     UserLocked,
 )
-
-from consumers.app import ConsumerApp
-from consumers.delivery import Delivered
-from consumers.store import ConsumerStore, Tx
 
 NAME = "reactions"
 DEFAULT_GROUP = "secstate-reactions"

@@ -14,12 +14,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
+from consumers.delivery import Delivered
 from contracts.cloudevents import CloudEventAttributes
 from contracts.envelope import ActorKind, SecurityEvent
 from contracts.payloads import EventData
 from contracts.registry import envelope_for
-
-from consumers.delivery import Delivered
 
 DataT = TypeVar("DataT", bound=EventData)
 WHEN = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)

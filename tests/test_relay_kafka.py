@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -302,3 +303,33 @@ def test_no_secret_or_ciphertext_is_in_any_published_message(
         "sealed_private_key",
     }
     assert all(not (secret_names & set(v["data"])) for v in values)
+
+
+def test_the_relay_partitions_every_key_as_kafka_pythons_default_partitioner() -> None:
+    from kafka.partitioner.default import DefaultPartitioner
+
+    from producers.kafka import _keyed_partitioner
+
+    class Cluster:
+        def __init__(self, partitions: int) -> None:
+            self.partitions = set(range(partitions))
+
+        def topics(self) -> set[str]:
+            return {"t"}
+
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return self.partitions
+
+        def available_partitions_for_topic(self, topic: str) -> set[int]:
+            return self.partitions
+
+    # given the relay's partitioner and kafka-python's default one
+    ours, default = _keyed_partitioner(), DefaultPartitioner()
+    keys = [str(uuid.uuid4()).encode() for _ in range(300)]
+    # when each key is partitioned twice (the second time remembered), for several counts
+    for count in (1, 3, 4, 6, 7):
+        cluster = Cluster(count)
+        for key in keys + keys:
+            # then every key goes where kafka-python (and the Java client) would put it
+            expected = default.partition("t", key, key, b"v", b"v", cluster)
+            assert ours.partition("t", key, key, b"v", b"v", cluster) == expected

@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import START
 from test_relay_sink import make_history
 
 from contracts.registry import parse_value
 from domain.context import RequestContext, SteppedClock
 from domain.ledger import Ledger
-from secstate.bootstrap import build_ledger
+from secstate.bootstrap import build_ledger, build_reader
 from secstate.followers import follower_report
 from secstate.runner import Runner
 from secstate.settings import Settings
@@ -155,18 +156,12 @@ def relay_process(
 def bulk_history(settings: Settings, accounts: int) -> int:
     from test_follower_crash import write_bulk
 
-    ledger = build_ledger(settings, clock=SteppedClock(ledger_start()))
+    ledger = build_ledger(settings, clock=SteppedClock(START))
     try:
         write_bulk(ledger, accounts)
         return sum(len(rows) for rows in ledger.log_store.scan())
     finally:
         ledger.close()
-
-
-def ledger_start() -> Any:
-    from conftest import START
-
-    return START
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -243,7 +238,7 @@ def test_the_broker_stopped_mid_stream_and_restarted_loses_nothing(
         durable_kafka_broker.start()
         # then the relay catches up to the head without being restarted
         wait_until(
-            lambda: follower_report(store, build_reader_of(store), "relay").lag == 0,
+            lambda: follower_report(store, build_reader(store), "relay").lag == 0,
             180,
             "the relay to catch up",
         )
@@ -257,12 +252,6 @@ def test_the_broker_stopped_mid_stream_and_restarted_loses_nothing(
     text = log.read_text(errors="replace")
     assert "recovered" in text
     assert text.count("retrying") < 10
-
-
-def build_reader_of(settings: Settings) -> Any:
-    from secstate.bootstrap import build_reader
-
-    return build_reader(settings)
 
 
 def test_no_secret_or_ciphertext_is_in_any_published_message(
